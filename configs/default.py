@@ -1,0 +1,72 @@
+"""Embedded default: ResNet-18 (width 1/4, CIFAR stem) on scikit-learn's handwritten digits.
+
+Runs offline in a few minutes on a 2-core CPU:
+    python -m mgr_jax.main --config=configs/default.py --workdir=runs/default
+Override any field on the command line, e.g. `--config.method=pcr --config.seed=1`.
+
+Why digits: scikit-learn ships the UCI optical-recognition digits (1,797 labelled 8x8 images,
+10 classes) inside the wheel, so it needs no network and no manual download; it is a real
+labelled image dataset, small enough for CPU, and hard enough at low label counts
+(`data.subset_fraction`) to be the small-data regime MGR is meant for. It has no official
+test split, so a fixed-seed stratified 80/20 split plays that role (`data.test_fraction`).
+"""
+import ml_collections
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    # One of: base, gda, gda_mh, gda_ssl, gda_mps, pcr, mgr (SPEC "Methods").
+    config.method = "base"
+    # Seed of initialisation, data order, synthetic draws; splits use data.split_seed.
+    config.seed = 0
+    config.num_epochs = 15
+    # Real samples per step; synthetic samples per step are `synthetic_batch_size`.
+    config.batch_size = 64
+    config.synthetic_batch_size = 64
+    config.eval_batch_size = 256
+
+    # Classifier optimiser: Nesterov SGD, lr x lr_decay at each epoch in lr_milestones.
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.lr = 0.05
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = True
+    # The paper does not use weight decay; kept as an option.
+    config.optimizer.weight_decay = 0.0
+    config.optimizer.lr_milestones = (6, 10, 13)
+    config.optimizer.lr_decay = 0.1
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "digits"
+    # Where a dataset's official archive files are (unused by the embedded digits).
+    config.data.manual_dir = ""
+    # Classifier input side; digits are upsampled from 8x8 (bilinear) and made RGB.
+    config.data.image_size = 16
+    # Fraction of D (the 90 % training part of the official training split) that is used.
+    config.data.subset_fraction = 1.0
+    # D_val share of the official training split (SPEC: D / D_val = 9:1).
+    config.data.val_fraction = 0.1
+    # Test share for datasets without an official test split (digits).
+    config.data.test_fraction = 0.2
+    # Seed of every split (test, D / D_val, subset): fixed so all runs see the same data.
+    config.data.split_seed = 0
+    # Real-data augmentation: none, randaugment, trivialaugment, augmix.
+    config.data.augment = "none"
+
+    config.model = ml_collections.ConfigDict()
+    config.model.arch = "resnet18"
+    # Channels x width (torchvision's ResNet-18 is 1.0; the CPU default uses 16 stem channels).
+    config.model.width = 0.25
+    # 3x3 stride-1 stem without max-pool, for small inputs.
+    config.model.cifar_stem = True
+    # Converted weights directory (converters/*) to start from; "" = random init.
+    config.model.init_checkpoint = ""
+    # Compute dtype of the classifier: float32 or bfloat16 (parameters stay float32).
+    config.model.dtype = "float32"
+
+    # Weight of the synthetic-sample loss (the paper's lambda, grid 0.1..1.0 chosen on D_val).
+    config["lambda"] = 1.0
+
+    config.log_every_steps = 50
+    # Where checkpoints keep the best-validation epoch besides the latest one.
+    config.keep_best_checkpoint = True
+    return config

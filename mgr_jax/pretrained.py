@@ -1,0 +1,70 @@
+"""Start the classifier from converted weights (`model.init_checkpoint`), checked against it."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mgr_jax.errors import UserError
+from mgr_jax.variables_io import load_variables
+
+
+def _flat(tree):
+    return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def shape_mismatches(expected, loaded, skip_prefixes=()):
+    """Lines describing missing, unexpected and wrongly shaped leaves of two variable trees."""
+    want, got = _flat(expected), _flat(loaded)
+    keep = lambda k: not any(k.startswith(p) for p in skip_prefixes)  # noqa: E731
+    missing = [k for k in want if k not in got and keep(k)]
+    unexpected = [k for k in got if k not in want and keep(k)]
+    shapes = [f"{k} {tuple(np.shape(got[k]))} != {tuple(want[k].shape)}"
+              for k in want if k in got and keep(k) and tuple(np.shape(got[k])) != tuple(
+                  want[k].shape)]
+    out = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if items:
+            more = f" (+{len(items) - 4} more)" if len(items) > 4 else ""
+            out.append(f"{label}: {', '.join(items[:4])}{more}")
+    return out
+
+
+def load_init_checkpoint(config, model, num_classes):
+    """Variables to start from, or None for a random init; UserError if they do not fit.
+
+    A checkpoint whose classifier head has another number of classes (ImageNet's 1000) gets a
+    fresh `fc` layer for this dataset, as fine-tuning in the paper does; everything else must
+    match the config's architecture exactly.
+    """
+    path = config.model.init_checkpoint
+    if not path:
+        return None
+    if not os.path.isdir(path):
+        raise UserError(f"model.init_checkpoint={path!r} does not exist; convert torchvision "
+                        "weights with `python -m converters.torchvision_resnet IN.pth OUT_DIR` "
+                        "and point model.init_checkpoint at OUT_DIR")
+    try:
+        loaded, meta = load_variables(path)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    size = config.data.image_size
+    expected = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                                 jnp.zeros((1, size, size, 3)), train=False))
+    head_differs = tuple(np.shape(loaded["params"].get("fc", {}).get("kernel", ()))) != tuple(
+        expected["params"]["fc"]["kernel"].shape)
+    problems = shape_mismatches(expected, loaded,
+                                skip_prefixes=("params/fc",) if head_differs else ())
+    if problems:
+        raise UserError(f"model.init_checkpoint={path} ({meta.get('arch', '?')}) does not fit "
+                        f"model.arch={config.model.arch} width={config.model.width} "
+                        f"cifar_stem={config.model.cifar_stem}: " + "; ".join(problems))
+    variables = {"params": dict(loaded["params"]), "batch_stats": loaded["batch_stats"]}
+    if head_differs:
+        fresh = model.init(jax.random.fold_in(jax.random.key(config.seed), 1),
+                           jnp.zeros((1, size, size, 3)), train=False)
+        variables["params"]["fc"] = fresh["params"]["fc"]
+        print(f"init_checkpoint {path}: new {num_classes}-way fc layer (the checkpoint's head "
+              f"has {np.shape(loaded['params']['fc']['kernel'])[-1]} classes)", flush=True)
+    return jax.tree.map(jnp.asarray, variables)

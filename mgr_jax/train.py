@@ -1,0 +1,235 @@
+"""Classifier state, optimiser, the base train step, evaluation and the epoch loop."""
+import functools
+import time
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mgr_jax import checkpoints, config_lib, input_pipeline, losses, pretrained
+from mgr_jax.errors import UserError
+from mgr_jax.models import resnet
+from mgr_jax.run_log import RunLog
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a step changes: classifier params, BN statistics, optimiser state.
+
+    `meta` holds what a method adds (finder params and Adam state for MPS methods; an
+    auxiliary head for gda_mh); it is an empty dict for `base`.
+    """
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    meta: Any
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; carries the first bad step."""
+
+
+def create_learning_rate_fn(config, steps_per_epoch):
+    """Step-wise lr: optimizer.lr, times lr_decay at each epoch in optimizer.lr_milestones."""
+    opt = config.optimizer
+    boundaries = {int(m) * steps_per_epoch: opt.lr_decay for m in opt.lr_milestones}
+    return optax.piecewise_constant_schedule(opt.lr, boundaries)
+
+
+def create_optimizer(config, learning_rate_fn):
+    """Nesterov SGD as torch.optim.SGD (dampening 0), weight decay added to the gradient."""
+    opt = config.optimizer
+    sgd = optax.sgd(learning_rate_fn, momentum=opt.momentum, nesterov=opt.nesterov)
+    if opt.weight_decay:
+        return optax.chain(optax.add_decayed_weights(opt.weight_decay), sgd)
+    return sgd
+
+
+def create_model(config, num_classes):
+    return resnet.create_model(config.model.arch, num_classes=num_classes,
+                               width=config.model.width, cifar_stem=config.model.cifar_stem,
+                               dtype=jnp.dtype(config.model.dtype))
+
+
+def create_train_state(rng, model, tx, image_size, init_variables=None, meta=None):
+    """Initialise (or take `init_variables` for) the classifier and its optimiser state."""
+    if init_variables is None:
+        init_variables = model.init(rng, jnp.zeros((1, image_size, image_size, 3)), train=False)
+    params = init_variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=init_variables["batch_stats"], opt_state=tx.init(params),
+                      meta=meta if meta is not None else {})
+
+
+def classifier_forward(model, params, batch_stats, images, train):
+    """(logits, features, new_batch_stats) of the classifier; stats unchanged in eval."""
+    variables = {"params": params, "batch_stats": batch_stats}
+    if train:
+        (logits, feats), upd = model.apply(variables, images, train=True, mutable=["batch_stats"])
+        return logits, feats, upd["batch_stats"]
+    logits, feats = model.apply(variables, images, train=False)
+    return logits, feats, batch_stats
+
+
+def apply_classifier_update(state, tx, grads, batch_stats, meta=None):
+    """One optimiser step on the classifier; returns the new state (step + 1)."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                         batch_stats=batch_stats, opt_state=opt_state,
+                         meta=state.meta if meta is None else meta)
+
+
+def train_step(state, batch, rng, *, model, tx, learning_rate_fn):
+    """Base method: one SGD step on CE(real batch). Returns (state, metrics)."""
+    del rng  # the base step draws nothing.
+
+    def loss_fn(params):
+        logits, _, stats = classifier_forward(model, params, state.batch_stats, batch["image"],
+                                              True)
+        return losses.cross_entropy(logits, batch["label"]), (logits, stats)
+
+    (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics = {"loss": loss, "accuracy": 100.0 * jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+               "lr": learning_rate_fn(state.step)}
+    return apply_classifier_update(state, tx, grads, stats), metrics
+
+
+def eval_step(state, batch, *, model):
+    """Summed (correct, loss, count) over the real samples of a padded eval batch."""
+    logits, _, _ = classifier_forward(model, state.params, state.batch_stats, batch["image"],
+                                      False)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    nll = -jnp.take_along_axis(logp, batch["label"][:, None], axis=1)[:, 0]
+    mask = batch["mask"]
+    return {"correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+            "loss": jnp.sum(nll * mask), "count": jnp.sum(mask)}
+
+
+def evaluate(eval_fn, state, pipeline, split):
+    """Top-1 (%) and mean loss over a whole split; one host sync at the end."""
+    sums = None
+    for batch in pipeline.eval_batches(split):
+        out = eval_fn(state, batch)
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    sums = jax.device_get(sums)
+    return 100.0 * float(sums["correct"]) / float(sums["count"]), float(sums["loss"]) / float(
+        sums["count"])
+
+
+def _check_finite(losses_so_far, first_step):
+    values = np.asarray(jax.device_get(jnp.stack(losses_so_far)))
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise TrainingDiverged(first_step + int(bad[0]))
+
+
+def setup(config):
+    """(pipeline, model, method, initial state, loop key) for a config; writes nothing."""
+    from mgr_jax import methods  # noqa: PLC0415 (methods import this module)
+
+    pipeline = input_pipeline.create_pipeline(config)
+    model = create_model(config, pipeline.num_classes)
+    init_variables = pretrained.load_init_checkpoint(config, model, pipeline.num_classes)
+    lr_fn = create_learning_rate_fn(config, pipeline.steps_per_epoch)
+    tx = create_optimizer(config, lr_fn)
+    method = methods.build(config, model=model, tx=tx, learning_rate_fn=lr_fn,
+                           num_classes=pipeline.num_classes, image_size=pipeline.image_size)
+    init_rng, meta_rng, loop_rng = jax.random.split(jax.random.key(config.seed), 3)
+    state = create_train_state(init_rng, model, tx, pipeline.image_size, init_variables,
+                               meta=method.init_meta(meta_rng))
+    return pipeline, model, method, state, loop_rng
+
+
+def restore_state(config, workdir, which="latest"):
+    """The TrainState of a run's latest (or best-validation) checkpoint."""
+    _, _, _, state, _ = setup(config)
+    ckpt = checkpoints.RunCheckpoints(workdir)
+    try:
+        restored = ckpt.restore_latest(state, which=which)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise UserError(f"{workdir} has no {which} checkpoint")
+    return restored[0]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       max_epochs_this_run=None):
+    """Train per the config, keep the best-validation epoch, return the results dict.
+
+    Re-running on the same workdir resumes from the latest checkpoint. `max_epochs_this_run`
+    stops early after that many epochs (a resumable pause, as a time limit would).
+    """
+    from mgr_jax import results  # noqa: PLC0415
+
+    config_lib.validate(config)
+    config_dict = config_lib.to_dict(config)
+    checkpoints.check_workdir_config(workdir, config_dict)
+    pipeline, model, method, state, loop_rng = setup(config)
+    # Nothing is written before here: bad input leaves the workdir as it was.
+    checkpoints.write_config(workdir, config_dict)
+    ckpt = checkpoints.RunCheckpoints(workdir, keep_best=config.keep_best_checkpoint)
+    restored = ckpt.restore_latest(state)
+    loop = {"epoch": 0, "best_epoch": 0, "best_val_top1": -1.0, "best_test_top1": None,
+            "elapsed_s": 0.0, "steps": 0}
+    if restored is not None:
+        state, loop = restored
+        print(f"resuming {workdir} from epoch {loop['epoch']}", flush=True)
+    log = RunLog(workdir, loop["epoch"])
+
+    step_fn = jax.jit(method.train_step, donate_argnums=(0,))
+    eval_fn = jax.jit(functools.partial(eval_step, model=model))
+    last = config.num_epochs if max_epochs_this_run is None else min(
+        config.num_epochs, loop["epoch"] + max_epochs_this_run)
+    try:
+        for epoch in range(loop["epoch"] + 1, last + 1):
+            t0 = time.time()
+            state, train_metrics = _train_epoch(config, step_fn, state, pipeline, epoch,
+                                                loop_rng, log, method.needs_val)
+            steps_per_s = pipeline.steps_per_epoch / max(time.time() - t0, 1e-9)
+            val_top1, val_loss = evaluate(eval_fn, state, pipeline, "val")
+            is_best = val_top1 > loop["best_val_top1"]
+            if is_best:  # test only when validation improves: the protocol reports that epoch.
+                test_top1, _ = evaluate(eval_fn, state, pipeline, "test")
+                loop.update(best_epoch=epoch, best_val_top1=val_top1, best_test_top1=test_top1)
+            seconds = time.time() - t0
+            loop.update(epoch=epoch, elapsed_s=loop["elapsed_s"] + seconds,
+                        steps=loop["steps"] + pipeline.steps_per_epoch)
+            log.write("epoch", int(state.step), epoch,
+                      dict(train_metrics, val_top1=val_top1, val_loss=val_loss,
+                           **({"test_top1": loop["best_test_top1"]} if is_best else {})))
+            log.epoch_line(epoch, config.num_epochs, train_metrics, val_top1,
+                           loop["best_test_top1"] if is_best else None, steps_per_s, seconds,
+                           is_best)
+            ckpt.save(epoch, state, loop, is_best)
+    finally:
+        ckpt.close()
+        log.close()
+    if loop["epoch"] < config.num_epochs:
+        print(f"paused after epoch {loop['epoch']}; run again to resume", flush=True)
+        return None
+    return results.write_results(workdir, config, pipeline, loop)
+
+
+def _train_epoch(config, step_fn, state, pipeline, epoch, loop_rng, log, needs_val):
+    """Run one epoch; host syncs only every `log_every_steps` steps and at the end."""
+    pending, sums, count = [], None, 0
+    first = int(state.step)
+    for batch in pipeline.train_batches(epoch, with_val=needs_val):
+        state, metrics = step_fn(state, batch, loop_rng)  # the step folds in state.step.
+        pending.append(metrics["loss"])
+        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+        count += 1
+        if len(pending) == config.log_every_steps:
+            _check_finite(pending, first + count - len(pending))
+            log.write("train", first + count, epoch,
+                      jax.device_get(jax.tree.map(lambda x: x / count, sums)))
+            pending = []
+    if pending:
+        _check_finite(pending, first + count - len(pending))
+    means = jax.device_get(jax.tree.map(lambda x: x / count, sums))
+    return state, {k: float(v) for k, v in means.items()}

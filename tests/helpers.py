@@ -1,0 +1,23 @@
+"""Small configs that keep the end-to-end tests fast on a 2-core CPU."""
+from configs import default
+
+
+def tiny_config(**overrides):
+    """The default config shrunk: 8x8 inputs, width 1/8, 30 % of D, 2 epochs."""
+    config = default.get_config()
+    config.num_epochs = 2
+    config.batch_size = 32
+    config.synthetic_batch_size = 16
+    config.eval_batch_size = 128
+    config.data.image_size = 8
+    config.data.subset_fraction = 0.3
+    config.model.width = 0.125
+    config.optimizer.lr_milestones = (1,)
+    config.log_every_steps = 5
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return config
