@@ -49,8 +49,23 @@ def get_config():
     config.data.test_fraction = 0.2
     # Seed of every split (test, D / D_val, subset): fixed so all runs see the same data.
     config.data.split_seed = 0
-    # Real-data augmentation: none, randaugment, trivialaugment, augmix.
+    # Real-data augmentation: none, randaugment, trivialaugment, augmix (torchvision's
+    # settings, mgr_jax/real_augment.py); combinable with every method.
     config.data.augment = "none"
+    # Where a paper dataset's archives are prepared once into tfds array_record files;
+    # "" = <data.manual_dir>/prepared (docs/datasets.md).
+    config.data.prepared_dir = ""
+    # Worker processes that decode and augment training batches (grain); 0 = in the main
+    # process. 2 fits a 2-core machine; on a GPU host use about the number of spare cores.
+    config.data.num_workers = 2
+    # Threads decoding evaluation batches in the main process (and training batches when
+    # num_workers is 0); 0 = one per core (at most 16).
+    config.data.num_threads = 0
+    # Training batches each worker keeps ready ahead of the train step.
+    config.data.prefetch_batches = 2
+    # Eval transform: shorter side to image_size / eval_crop_fraction, then a centre crop
+    # (torchvision's Resize(256) + CenterCrop(224) at 224).
+    config.data.eval_crop_fraction = 0.875
 
     config.model = ml_collections.ConfigDict()
     config.model.arch = "resnet18"
@@ -65,6 +80,44 @@ def get_config():
 
     # Weight of the synthetic-sample loss (the paper's lambda, grid 0.1..1.0 chosen on D_val).
     config["lambda"] = 1.0
+
+    # Generator of the synthetic samples (methods other than base). kind: random (a random
+    # tiny generator, for tests), stylegan2_ada, biggan, fastgan, edm; checkpoint: a converted
+    # directory (python -m converters.<kind>) or the original file.
+    config.generator = ml_collections.ConfigDict()
+    config.generator.kind = ""
+    config.generator.checkpoint = ""
+    config.generator.seed = 0  # random kind only: its init seed, latent size and resolution.
+    config.generator.latent_dim = 32
+    config.generator.resolution = 16
+
+    # The strong augmentation T on synthetic images (differentiable RandAugment).
+    config.augment = ml_collections.ConfigDict()
+    config.augment.num_ops = 2
+    config.augment.max_magnitude = 1.0
+
+    # UDA of gda_ssl: sharpening temperature and confidence threshold.
+    config.uda = ml_collections.ConfigDict()
+    config.uda.temperature = 0.4
+    config.uda.threshold = 0.8
+
+    # Finder F(z) of MPS (Eq. 10): residual, residual_shallow, linear, mlp.
+    config.finder = ml_collections.ConfigDict()
+    config.finder.arch = "residual"
+    config.finder.hidden_dim = 0  # 0: the latent size.
+
+    # Meta-learning of the finder (Algorithm 1), for gda_mps and mgr.
+    config.mps = ml_collections.ConfigDict()
+    config.mps.hypergradient = "exact"  # or finite_difference (DARTS Eq. 9).
+    config.mps.fd_eps = 0.01  # eps = fd_eps / ||v|| for finite_difference.
+    config.mps.finder_lr = 1e-4  # Adam.
+    config.mps.kl_weight = 0.01  # lambda_KL of Eq. 11; 0 turns the KL penalty off.
+    config.mps.meta_target = "finder"  # or generator: meta-optimise G's params instead.
+    # meta (Algorithm 1), or the Table 7 ablations without meta-learning: max_ce / max_pcr
+    # (the finder maximises the synthetic loss of the method: CE for gda_mps, PCR for mgr).
+    config.mps.finder_update = "meta"
+    config.mps.log_hypergrad_cosine = False  # also compute the other hypergradient and log
+                                             # their cosine (costs one more hypergradient).
 
     config.log_every_steps = 50
     # Where checkpoints keep the best-validation epoch besides the latest one.

@@ -1,33 +1,238 @@
-"""Method registry: what each `config.method` adds to the train state and its step."""
+"""The seven methods as train steps `train_step(state, batch, rng, frozen) -> (state, metrics)`.
+
+`frozen` holds parameters the step reads but never changes (the generator's, unless the
+generator itself is meta-optimised); passing them as an argument keeps them out of the
+compiled program's constants. Algorithm 1 (MPS) is `mps_step`; the uniform-sampling methods
+share `uniform_step`.
+"""
 import dataclasses
 import functools
-from typing import Callable
+from typing import Any, Callable
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import optax
 
-from mgr_jax import train
+from mgr_jax import hypergrad, losses, synthetic, train
+from mgr_jax.finder import Finder
+from mgr_jax.generators import load_generator
+
+# method -> (synthetic loss, latent choice)
+SYNTHETIC = {"gda": ("gda", "uniform"), "gda_mh": ("gda_mh", "uniform"),
+             "gda_ssl": ("gda_ssl", "uniform"), "pcr": ("pcr", "uniform"),
+             "gda_mps": ("gda", "mps"), "mgr": ("pcr", "mps")}
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """A method's pieces: `train_step(state, batch, rng)`, its extra state, its data needs."""
-    train_step: Callable
+    """A method's pieces: its step, its extra state (TrainState.meta), its data needs."""
+    train_step: Callable  # (state, batch, rng, frozen) -> (state, metrics)
     init_meta: Callable  # rng -> pytree stored in TrainState.meta
-    needs_val: bool = False  # whether batches must carry a D_val batch (MPS)
+    frozen: Any = dataclasses.field(default_factory=dict)
+    needs_val: bool = False  # whether batches carry a D_val batch (MPS)
+
+
+def _real_ce(model, state, batch):
+    """CE on the real batch as a function of params -> (loss, (logits, new batch stats))."""
+    def fn(params):
+        logits, _, stats = train.classifier_forward(model, params, state.batch_stats,
+                                                    batch["image"], True)
+        return losses.cross_entropy(logits, batch["label"]), (logits, stats)
+    return fn
+
+
+def _accuracy(logits, labels):
+    return 100.0 * jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def base_step(state, batch, rng, frozen, *, model, tx, learning_rate_fn):
+    """CE on the real batch only."""
+    del frozen
+    return train.train_step(state, batch, rng, model=model, tx=tx,
+                            learning_rate_fn=learning_rate_fn)
+
+
+def uniform_step(state, batch, rng, frozen, *, ctx):
+    """GDA, GDA multi-head, GDA+SSL, PCR: CE(real) + lambda * L_syn(x_p), z ~ N(0, I)."""
+    k_lat, k_aug = jax.random.split(rng)
+    z, y = synthetic.draw_latents(k_lat, ctx.generator, ctx.syn_batch, ctx.num_classes)
+    x01 = jax.lax.stop_gradient(synthetic.synthesize(ctx.generator, frozen["generator"], z, y,
+                                                     ctx.image_size))
+    aux = state.meta.get("aux_head")
+
+    def loss_fn(params, aux_params):
+        ce, (logits, stats) = _real_ce(ctx.model, state, batch)(params)
+        head = (lambda f: ctx.aux_module.apply(aux_params, f)) if aux is not None else None
+        syn = ctx.syn_loss(params, state.batch_stats, x01, y, k_aug, aux_head=head)
+        return ce + ctx.lam * syn, (ce, syn, logits, stats)
+
+    (loss, (ce, syn, logits, stats)), (grads, aux_grads) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(state.params, aux)
+    meta = state.meta
+    if aux is not None:  # the second head learns with the classifier's optimiser.
+        upd, aux_opt = ctx.tx.update(aux_grads, meta["aux_opt"], aux)
+        meta = {"aux_head": optax.apply_updates(aux, upd), "aux_opt": aux_opt}
+    metrics = {"loss": loss, "ce": ce, "syn": syn, "accuracy": _accuracy(logits, batch["label"]),
+               "lr": ctx.learning_rate_fn(state.step)}
+    return train.apply_classifier_update(state, ctx.tx, grads, stats, meta), metrics
+
+
+def mps_step(state, batch, rng, frozen, *, ctx):
+    """Algorithm 1: virtual SGD step, finder (or generator) update on D_val, real step.
+
+    1. theta' = theta - eta * grad[CE(real) + lambda L_syn(theta, phi)] (plain SGD, current lr;
+       BN statistics and optimiser state untouched).
+    2. phi <- Adam(grad_phi [CE_val(theta') + kl_weight * KL(F(z))]), the hypergradient exact
+       or finite-difference (`mps.hypergradient`).
+    3. theta takes its real step on the same real batch with x_p regenerated from the new phi.
+    CE(real) and its gradient at theta are computed once and reused by steps 1 and 3.
+    """
+    cfg = ctx.mps
+    k_lat, k_aug = jax.random.split(rng)
+    z, y = synthetic.draw_latents(k_lat, ctx.generator, ctx.syn_batch, ctx.num_classes)
+    eta = ctx.learning_rate_fn(state.step)
+    phi, gen_params = _meta_params(state, frozen, cfg)
+
+    def latents(p):
+        return ctx.finder.apply(p, z) if cfg.meta_target == "finder" else z
+
+    def l_syn(params, p):
+        w = latents(p)
+        g = p if cfg.meta_target == "generator" else gen_params
+        x01 = synthetic.synthesize(ctx.generator, g, w, y, ctx.image_size)
+        return ctx.lam * ctx.syn_loss(params, state.batch_stats, x01, y, k_aug)
+
+    (ce, (logits, stats)), g_ce = jax.value_and_grad(_real_ce(ctx.model, state, batch),
+                                                     has_aux=True)(state.params)
+    metrics = {}
+    if cfg.finder_update == "meta":
+        g_syn = jax.grad(l_syn)(state.params, phi)
+        theta_v = jax.tree.map(lambda t, a, b: t - eta * (a + b), state.params, g_ce, g_syn)
+        val_loss, v = jax.value_and_grad(_val_ce(ctx.model, state, batch))(theta_v)
+        hyper = _hypergradient(cfg, cfg.hypergradient, l_syn, state.params, phi, v, eta)
+        metrics["meta_loss"] = val_loss
+        if cfg.log_hypergrad_cosine:
+            other = _hypergradient(cfg, "finite_difference" if cfg.hypergradient == "exact"
+                                   else "exact", l_syn, state.params, phi, v, eta)
+            metrics["hypergrad_cosine"] = hypergrad.tree_dot(hyper, other) / (
+                hypergrad.tree_norm(hyper) * hypergrad.tree_norm(other) + 1e-30)
+            metrics["hypergrad_norm_ratio"] = hypergrad.tree_norm(hyper) / (
+                hypergrad.tree_norm(other) + 1e-30)
+    else:  # ablation (Table 7): move the finder to maximise L_syn itself, no meta-learning.
+        hyper = jax.tree.map(jnp.negative, jax.grad(l_syn, argnums=1)(state.params, phi))
+    if cfg.meta_target == "finder" and cfg.kl_weight:
+        kl, g_kl = jax.value_and_grad(lambda p: losses.kl_penalty(
+            latents(p).reshape(z.shape[0], -1)))(phi)
+        hyper = jax.tree.map(lambda a, b: a + cfg.kl_weight * b, hyper, g_kl)
+        metrics["kl"] = kl
+    upd, meta_opt = ctx.meta_tx.update(hyper, state.meta["opt"], phi)
+    phi = optax.apply_updates(phi, upd)
+
+    syn, g_syn_new = jax.value_and_grad(l_syn)(state.params, phi)
+    grads = jax.tree.map(jnp.add, g_ce, g_syn_new)
+    w = latents(phi).reshape(z.shape[0], -1)
+    metrics.update(loss=ce + syn, ce=ce, syn=syn / jnp.maximum(ctx.lam, 1e-12),
+                   accuracy=_accuracy(logits, batch["label"]), lr=eta,
+                   finder_norm=jnp.mean(jnp.linalg.norm(w, axis=-1)),
+                   hypergrad_norm=hypergrad.tree_norm(hyper))
+    meta = {"params": phi, "opt": meta_opt}
+    return train.apply_classifier_update(state, ctx.tx, grads, stats, meta), metrics
+
+
+def _meta_params(state, frozen, cfg):
+    if cfg.meta_target == "generator":
+        return state.meta["params"], None
+    return state.meta["params"], frozen["generator"]
+
+
+def _val_ce(model, state, batch):
+    """CE on the D_val batch at theta' (train-mode BN on that batch; its stats are dropped)."""
+    def fn(params):
+        logits, _, _ = train.classifier_forward(model, params, state.batch_stats,
+                                                batch["val_image"], True)
+        return losses.cross_entropy(logits, batch["val_label"])
+    return fn
+
+
+def _hypergradient(cfg, kind, l_syn, theta, phi, v, eta):
+    if kind == "exact":
+        return hypergrad.mixed_hypergradient(l_syn, theta, phi, v, eta)
+    return hypergrad.finite_difference_hypergradient(l_syn, theta, phi, v, eta, cfg.fd_eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    model: Any
+    tx: Any
+    learning_rate_fn: Callable
+    generator: Any
+    syn_loss: Callable
+    lam: float
+    syn_batch: int
+    num_classes: int
+    image_size: int
+    mps: Any = None
+    finder: Any = None
+    meta_tx: Any = None
+    aux_module: Any = None
 
 
 def _with_step_key(step_fn):
     """Give each step its own key: fold the step number into the loop's key (inside jit)."""
-    def wrapped(state, batch, rng):
-        return step_fn(state, batch, jax.random.fold_in(rng, state.step))
+    def wrapped(state, batch, rng, frozen):
+        return step_fn(state, batch, jax.random.fold_in(rng, state.step), frozen)
     return wrapped
 
 
 def build(config, *, model, tx, learning_rate_fn, num_classes, image_size):
-    """The Method that `config.method` names."""
-    del num_classes, image_size
+    """The Method that `config.method` names, with its generator loaded."""
     if config.method == "base":
-        step = functools.partial(train.train_step, model=model, tx=tx,
-                                 learning_rate_fn=learning_rate_fn)
+        step = functools.partial(base_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn)
         return Method(_with_step_key(step), init_meta=lambda rng: {})
-    raise NotImplementedError(config.method)
+    loss_kind, sampling = SYNTHETIC[config.method]
+    generator = load_generator(config.generator, num_classes)
+    aug = {"num_ops": config.augment.num_ops, "max_magnitude": config.augment.max_magnitude}
+    uda = {"temperature": config.uda.temperature, "threshold": config.uda.threshold}
+
+    def syn_loss(params, batch_stats, x01, y, key, aux_head=None):
+        return synthetic.synthetic_loss(loss_kind, model, params, batch_stats, x01, y, key,
+                                        aux_head=aux_head, aug_config=aug, uda_config=uda)
+
+    ctx = _Context(model=model, tx=tx, learning_rate_fn=learning_rate_fn, generator=generator,
+                   syn_loss=syn_loss, lam=float(config["lambda"]),
+                   syn_batch=config.synthetic_batch_size, num_classes=num_classes,
+                   image_size=image_size)
+    frozen = {"generator": generator.params}
+    if sampling == "uniform":
+        if loss_kind == "gda_mh":
+            ctx = dataclasses.replace(ctx, aux_module=nn.Dense(num_classes))
+
+            def init_meta(rng):
+                feat_dim = _feature_dim(model, image_size)
+                aux = ctx.aux_module.init(rng, jnp.zeros((1, feat_dim)))
+                return {"aux_head": aux, "aux_opt": tx.init(aux)}
+        else:
+            init_meta = lambda rng: {}  # noqa: E731
+        return Method(_with_step_key(functools.partial(uniform_step, ctx=ctx)), init_meta,
+                      frozen)
+    cfg = config.mps
+    finder = Finder(arch=config.finder.arch, hidden_dim=config.finder.hidden_dim)
+    ctx = dataclasses.replace(ctx, mps=cfg, finder=finder, meta_tx=optax.adam(cfg.finder_lr))
+
+    def init_meta(rng):
+        if cfg.meta_target == "generator":
+            params = generator.params
+        else:
+            params = finder.init(rng, jnp.zeros((1,) + tuple(generator.latent_shape)))
+        return {"params": params, "opt": ctx.meta_tx.init(params)}
+    if cfg.meta_target == "generator":
+        frozen = {}
+    return Method(_with_step_key(functools.partial(mps_step, ctx=ctx)), init_meta, frozen,
+                  needs_val=cfg.finder_update == "meta")
+
+
+def _feature_dim(model, image_size):
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                               jnp.zeros((1, image_size, image_size, 3))))
+    return shapes["params"]["fc"]["kernel"].shape[0]

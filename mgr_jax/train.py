@@ -189,7 +189,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         for epoch in range(loop["epoch"] + 1, last + 1):
             t0 = time.time()
             state, train_metrics = _train_epoch(config, step_fn, state, pipeline, epoch,
-                                                loop_rng, log, method.needs_val)
+                                                loop_rng, log, method.needs_val,
+                                                method.frozen)
             steps_per_s = pipeline.steps_per_epoch / max(time.time() - t0, 1e-9)
             val_top1, val_loss = evaluate(eval_fn, state, pipeline, "val")
             is_best = val_top1 > loop["best_val_top1"]
@@ -215,12 +216,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return results.write_results(workdir, config, pipeline, loop)
 
 
-def _train_epoch(config, step_fn, state, pipeline, epoch, loop_rng, log, needs_val):
+def _train_epoch(config, step_fn, state, pipeline, epoch, loop_rng, log, needs_val, frozen):
     """Run one epoch; host syncs only every `log_every_steps` steps and at the end."""
     pending, sums, count = [], None, 0
     first = int(state.step)
     for batch in pipeline.train_batches(epoch, with_val=needs_val):
-        state, metrics = step_fn(state, batch, loop_rng)  # the step folds in state.step.
+        state, metrics = step_fn(state, batch, loop_rng, frozen)  # folds in state.step.
         pending.append(metrics["loss"])
         sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
         count += 1

@@ -51,7 +51,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
     step = jax.jit(method.train_step)
     first = None
     for _ in range(8):
-        state, metrics = step(state, batch, rng)
+        state, metrics = step(state, batch, rng, method.frozen)
         first = float(metrics["loss"]) if first is None else first
     assert float(metrics["loss"]) < 0.5 * first
     assert int(state.step) == 8

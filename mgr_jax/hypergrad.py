@@ -1,0 +1,66 @@
+"""Hypergradients of one virtual SGD step (Eq. 7-9): exact (second order) and DARTS' FD.
+
+For theta' = theta - eta * grad_theta inner(theta, phi), the hypergradient is
+    d outer(theta') / d phi = -eta * (d^2 inner / d phi d theta) v,   v = grad outer(theta').
+"""
+import jax
+import jax.numpy as jnp
+
+METHODS = ("exact", "finite_difference")
+
+
+def _axpy(a, x, y):
+    """a * x + y over matching pytrees."""
+    return jax.tree.map(lambda xi, yi: a * xi + yi, x, y)
+
+
+def tree_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def tree_dot(a, b):
+    return sum(jnp.sum(x.astype(jnp.float32) * y.astype(jnp.float32))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def virtual_step(inner_loss, theta, phi, inner_lr):
+    """theta' = theta - inner_lr * grad_theta inner_loss(theta, phi) (plain SGD, Eq. 7)."""
+    return _axpy(-inner_lr, jax.grad(inner_loss)(theta, phi), theta)
+
+
+def meta_gradient(inner_loss, outer_loss, theta, phi, inner_lr, method="exact", fd_eps=0.01):
+    """grad_phi of outer_loss(theta - inner_lr * grad_theta inner_loss(theta, phi)).
+
+    inner_loss(theta, phi) -> scalar, outer_loss(theta) -> scalar; theta, phi pytrees.
+    `exact` differentiates through the virtual step (second-order terms included);
+    `finite_difference` is DARTS Eq. 9: with v = grad outer(theta') and eps = fd_eps / ||v||,
+    -inner_lr * (grad_phi inner(theta + eps v, phi) - grad_phi inner(theta - eps v, phi)) / 2eps.
+    Returns a pytree shaped like phi.
+    """
+    if method == "exact":
+        return jax.grad(lambda p: outer_loss(virtual_step(inner_loss, theta, p, inner_lr)))(phi)
+    if method == "finite_difference":
+        v = jax.grad(outer_loss)(virtual_step(inner_loss, theta, phi, inner_lr))
+        return finite_difference_hypergradient(inner_loss, theta, phi, v, inner_lr, fd_eps)
+    raise ValueError(f"method={method!r}; choose one of {METHODS}")
+
+
+def finite_difference_hypergradient(inner_loss, theta, phi, v, inner_lr, fd_eps=0.01):
+    """DARTS Eq. 9: -inner_lr * central difference of grad_phi inner along v."""
+    eps = fd_eps / (tree_norm(v) + 1e-12)
+    grad_phi = jax.grad(inner_loss, argnums=1)
+    g_plus = grad_phi(_axpy(eps, v, theta), phi)
+    g_minus = grad_phi(_axpy(-eps, v, theta), phi)
+    return jax.tree.map(lambda a, b: -inner_lr * (a - b) / (2 * eps), g_plus, g_minus)
+
+
+def mixed_hypergradient(inner_loss, theta, phi, v, inner_lr):
+    """Exact -inner_lr * grad_phi <grad_theta inner(theta, phi), v>, reverse-over-forward.
+
+    Equal to `meta_gradient(..., "exact")` when v = grad outer(theta') (tested), but it never
+    differentiates the parts of inner_loss that do not depend on phi twice: jax.jvp gives the
+    directional derivative along v, jax.grad its phi-gradient.
+    """
+    def directional(p):
+        return jax.jvp(lambda t: inner_loss(t, p), (theta,), (v,))[1]
+    return jax.tree.map(lambda g: -inner_lr * g, jax.grad(directional)(phi))
