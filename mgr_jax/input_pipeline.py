@@ -10,7 +10,6 @@ from typing import Iterator
 
 import numpy as np
 
-from mgr_jax.errors import UserError
 
 # torchvision's ImageNet statistics: the protocol's input normalisation (RGB, [0, 1] scale).
 MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32)
@@ -160,8 +159,10 @@ def create_pipeline(config):
         d_idx, val_idx = train_idx[d_local], train_idx[val_local]
         images = normalize(images01)
         split = lambda idx: ArraySplit(images[idx], labels[idx])  # noqa: E731
+        from mgr_jax import real_augment  # noqa: PLC0415 (PIL only when digits are used)
         return ArrayPipeline("digits", 10, split(d_idx), split(val_idx), split(test_idx),
                              batch_size=config.batch_size,
-                             eval_batch_size=config.eval_batch_size, seed=config.seed)
-    raise UserError(f"data.name={data.name!r} is not a known dataset; the embedded one is "
-                    "'digits' (the paper's datasets come with the datasets module)")
+                             eval_batch_size=config.eval_batch_size, seed=config.seed,
+                             augment_fn=real_augment.array_augment_fn(data.augment))
+    from mgr_jax import datasets  # noqa: PLC0415 (the paper's datasets and image folders)
+    return datasets.create_pipeline(config)

@@ -1,0 +1,35 @@
+"""DTD (47 textures; partition 1: train1 + val1 / test1):
+the paper's protocol (section 4.1), ResNet-18 from ImageNet weights.
+
+Official file in data.manual_dir: dtd-r1.0.1.tar.gz (docs/datasets.md).
+
+    python -m converters.torchvision_resnet resnet18-f37072fd.pth weights/resnet18_imagenet
+    python -m mgr_jax.main --config=configs/dtd.py --workdir=runs/dtd \
+        --config.data.manual_dir=data/dtd \
+        --config.model.init_checkpoint=weights/resnet18_imagenet
+
+The first run prepares the archives once into data.prepared_dir (default
+data/dtd/prepared), then reads them with grain.
+Subsets: --config.data.subset_fraction=0.1; real-data augmentation:
+--config.data.augment=trivialaugment (randaugment, augmix).
+"""
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.num_epochs = 200
+    config.batch_size = 64
+    config.synthetic_batch_size = 64
+    config.eval_batch_size = 128
+    config.optimizer.lr = 0.01
+    config.optimizer.lr_milestones = (60, 120, 160)
+    config.data.name = "dtd"
+    config.data.image_size = 224
+    config.data.manual_dir = "data/dtd"
+    config.model.arch = "resnet18"
+    config.model.width = 1.0
+    config.model.cifar_stem = False
+    config.model.init_checkpoint = "weights/resnet18_imagenet"
+    config.log_every_steps = 20
+    return config

@@ -1,0 +1,300 @@
+"""Official EDM network snapshots (`network-snapshot-*.pkl`) -> Flax `EDMPrecond` variables.
+
+A snapshot is a pickled dict whose `ema` entry is the network to sample with. Its modules are
+"persistent" objects: `torch_utils.persistence._reconstruct_persistent_obj(meta)`, where `meta`
+holds the class name, the module's `__dict__` as `state` (parameters, buffers, submodules, the
+recorded constructor kwargs) and the module's source text. The source is never looked at, let
+alone run: `converters.torch_pickle` unpickles with an allow-list of globals, we map the
+persistent-object constructor to a function that returns its `meta` record, and rebuild the
+network from the recorded constructor kwargs. Any other global (os.system, builtins.eval, ...)
+is refused, with its name, before anything from the file runs.
+
+    python -m converters.edm network-snapshot.pkl OUT_DIR
+writes `mgr_jax.variables_io.save_variables(OUT_DIR, variables, meta)` with
+meta = {"kind": "edm", "module_kwargs": {...}, "source": ...}; `load_converted(OUT_DIR)` reads it.
+"""
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from converters import torch_pickle
+from mgr_jax import variables_io
+from mgr_jax.generators import edm
+
+_PERSISTENT = "torch_utils.persistence._reconstruct_persistent_obj"
+_MODULE_DICT = "torch.nn.modules.container.ModuleDict"
+_EASY_DICT = "dnnlib.util.EasyDict"
+
+# What SongUNet gives each UNetBlock; a snapshot recording anything else was built by different
+# code than the one ported here, and converting it silently would give a wrong network.
+_SONGUNET_BLOCK = dict(num_heads=1, eps=1e-6, resample_proj=True, adaptive_scale=False)
+
+
+class CheckpointFormatError(torch_pickle.CheckpointFormatError):
+    """The file unpickled, but is not an EDM snapshot this converter understands."""
+
+
+class _Persistent:
+    """What a persistent object becomes here: its class name, state and init kwargs only."""
+
+    def __init__(self, meta):
+        if not isinstance(meta, dict) or "state" not in meta or "class_name" not in meta:
+            raise CheckpointFormatError("a persistent object without class_name/state")
+        self.class_name = str(meta["class_name"])
+        self.state = meta["state"]
+        kwargs = self.state.get("_init_kwargs", {}) if isinstance(self.state, dict) else {}
+        self.init_kwargs = dict(kwargs or {})
+        # meta["module_src"] (the source text) is deliberately dropped unread.
+
+    @property
+    def short_name(self):
+        return self.class_name.rsplit(".", 1)[-1]
+
+
+class _EasyDict(dict):
+    """Stand-in for dnnlib.util.EasyDict (a dict with attribute access) in snapshot entries."""
+
+
+def _reconstruct_persistent(meta):
+    """Stand-in for the persistent-object constructor: keep the record, run nothing."""
+    return _Persistent(meta)
+
+
+def _submodules(obj):
+    """(name, child) pairs of a persistent module record or a recorded torch ModuleDict."""
+    state = obj.state if isinstance(obj, _Persistent) else _module_state(obj)
+    modules = state.get("_modules", {}) or {}
+    return [(str(k), v) for k, v in modules.items() if v is not None]
+
+
+def _module_state(obj):
+    """The __dict__ recorded for a non-persistent torch module (ModuleDict)."""
+    state = getattr(obj, "state", None)
+    if not isinstance(state, dict):
+        raise CheckpointFormatError(f"cannot read the state of {type(obj).__name__}")
+    return state
+
+
+def _tensors(obj, prefix=""):
+    """Flatten a module tree into {dotted name: (kind, array)}, kind "param" or "buffer"."""
+    state = obj.state if isinstance(obj, _Persistent) else _module_state(obj)
+    out = {}
+    for kind, key in (("param", "_parameters"), ("buffer", "_buffers")):
+        for name, value in (state.get(key, {}) or {}).items():
+            if value is not None:
+                out[prefix + str(name)] = (kind, np.asarray(value))
+    for name, child in _submodules(obj):
+        out.update(_tensors(child, prefix + name + "."))
+    return out
+
+
+def _records(obj, prefix=""):
+    """Every persistent record in the tree: [(dotted path, _Persistent)]."""
+    out = [(prefix.rstrip("."), obj)] if isinstance(obj, _Persistent) else []
+    for name, child in _submodules(obj):
+        out.extend(_records(child, prefix + name + "."))
+    return out
+
+
+def _flax_path(torch_name, ndim):
+    """'model.enc.16x16_block0.conv0.weight' -> ('params', 'model', 'enc_16x16_block0', ...)."""
+    parts = torch_name.split(".")
+    if len(parts) >= 3 and parts[1] in ("enc", "dec"):
+        parts = [parts[0], f"{parts[1]}_{parts[2]}"] + parts[3:]
+    *mods, leaf = parts
+    if leaf == "freqs":
+        return ("buffers", *mods, "freqs")
+    if leaf == "weight":
+        leaf = "scale" if ndim == 1 else "kernel"
+    return ("params", *mods, leaf)
+
+
+def _to_flax(array):
+    """Torch layout -> Flax layout: Linear (out, in) -> (in, out), conv OIHW -> HWIO."""
+    if array.ndim == 2:
+        return array.T
+    if array.ndim == 4:
+        return array.transpose(2, 3, 1, 0)
+    return array
+
+
+def _check_layers(records):
+    """Refuse snapshots whose recorded layer settings differ from what the port hard-codes."""
+    known = ("EDMPrecond", "SongUNet", "UNetBlock", "Conv2d", "Linear", "GroupNorm",
+             "PositionalEmbedding", "FourierEmbedding")
+    for path, rec in records:
+        kw, kind = rec.init_kwargs, rec.short_name
+        if kind not in known:
+            raise CheckpointFormatError(f"{path}: unsupported layer {rec.class_name}")
+        if kind == "UNetBlock":
+            for key, want in _SONGUNET_BLOCK.items():
+                if key in kw and kw[key] != want:
+                    raise CheckpointFormatError(
+                        f"{path}: UNetBlock {key}={kw[key]!r}, the port supports {want!r}")
+            if "skip_scale" in kw and not np.isclose(float(kw["skip_scale"]), np.sqrt(0.5)):
+                raise CheckpointFormatError(f"{path}: UNetBlock skip_scale {kw['skip_scale']}")
+        if kind == "GroupNorm":
+            if (kw.get("eps", 1e-5) != 1e-6 or kw.get("num_groups", 32) != 32
+                    or kw.get("min_channels_per_group", 4) != 4):
+                raise CheckpointFormatError(f"{path}: GroupNorm settings {kw} (SongUNet uses "
+                                            "eps 1e-6, 32 groups, 4 channels per group)")
+        if kind == "PositionalEmbedding":
+            if kw.get("max_positions", 10000) != 10000 or kw.get("endpoint", False) is not True:
+                raise CheckpointFormatError(f"{path}: PositionalEmbedding settings {kw}")
+
+
+def _settings_from(ema):
+    """Constructor kwargs for `edm.build` from the recorded EDMPrecond init kwargs."""
+    if not isinstance(ema, _Persistent) or ema.short_name != "EDMPrecond":
+        got = ema.class_name if isinstance(ema, _Persistent) else type(ema).__name__
+        raise CheckpointFormatError(f"snapshot['ema'] is {got}, expected an EDMPrecond")
+    kw = dict(ema.init_kwargs)
+    args = ema.state.get("_init_args", ()) or ()
+    if args:
+        # The official signature is (img_resolution, img_channels, label_dim, use_fp16,
+        # sigma_min, sigma_max, sigma_data, model_type, **model_kwargs).
+        names = ["img_resolution", "img_channels", "label_dim", "use_fp16", "sigma_min",
+                 "sigma_max", "sigma_data", "model_type"]
+        kw.update(dict(zip(names, args)))
+    if kw.get("model_type", "DhariwalUNet") != "SongUNet":
+        raise CheckpointFormatError(
+            f"model_type {kw.get('model_type', 'DhariwalUNet')!r}: only SongUNet (DDPM++ / "
+            "NCSN++) networks are supported")
+    for key in ("sigma_data", "sigma_min", "sigma_max"):
+        # Attributes hold the values actually used, init kwargs only what was passed.
+        if key in ema.state and not isinstance(ema.state[key], (dict, list)):
+            kw[key] = float(ema.state[key])
+    unknown = sorted(set(kw) - set(edm.SONGUNET_DEFAULTS))
+    if unknown:
+        raise CheckpointFormatError(f"EDMPrecond settings the port does not know: {unknown}")
+    out = {}
+    for key, value in kw.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, (list, tuple)):
+            value = [int(v) for v in value]
+        out[key] = value
+    return out
+
+
+def _assemble(module, tensors):
+    """Variables pytree of `module` filled from {torch name: (kind, array)}; strict both ways."""
+    shapes = jax.eval_shape(
+        module.init, jax.random.PRNGKey(0),
+        jnp.zeros((1, module.img_resolution, module.img_resolution, module.img_channels)),
+        jnp.ones((1,)), jnp.zeros((1, module.label_dim)) if module.label_dim else None)
+    wanted = {tuple(getattr(k, "key", k) for k in path): leaf.shape
+              for path, leaf in jax.tree_util.tree_leaves_with_path(shapes)}
+    variables, seen = {}, set()
+    for name, (kind, array) in sorted(tensors.items()):
+        if name.endswith("resample_filter"):
+            continue  # fixed FIR filters, rebuilt from the resample_filter setting (checked)
+        path = _flax_path(name, array.ndim)
+        value = _to_flax(np.asarray(array, np.float32))
+        if path not in wanted:
+            raise CheckpointFormatError(f"tensor {name} {array.shape} has no place in the port")
+        if tuple(value.shape) != tuple(wanted[path]):
+            raise CheckpointFormatError(
+                f"tensor {name}: shape {array.shape} does not fit {'/'.join(path)} "
+                f"{wanted[path]}")
+        node = variables
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+        seen.add(path)
+    missing = sorted("/".join(p) for p in set(wanted) - seen)
+    if missing:
+        raise CheckpointFormatError(f"snapshot lacks {len(missing)} tensors, e.g. {missing[0]}")
+    return variables
+
+
+def _check_filters(tensors, resample_filter):
+    """Every stored resample_filter buffer must be the one the setting implies."""
+    want = edm.resample_buffer(resample_filter)
+    for name, (_, array) in tensors.items():
+        if name.endswith("resample_filter"):
+            got = np.asarray(array, np.float32).reshape(array.shape[-2:])
+            if got.shape != want.shape or not np.allclose(got, want, atol=1e-7):
+                raise CheckpointFormatError(f"{name} differs from resample_filter "
+                                            f"{list(resample_filter)}")
+
+
+def read_snapshot(path, key="ema"):
+    """Unpickle `path` safely and return snapshot[key] as a record tree (no tensors converted)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    data = torch_pickle.load(path, extra_globals={
+        _PERSISTENT: _reconstruct_persistent,
+        _MODULE_DICT: torch_pickle.record_object(_MODULE_DICT),
+        _EASY_DICT: _EasyDict,
+    })
+    if isinstance(data, _Persistent):
+        return data  # a bare pickled network rather than a training snapshot
+    if not isinstance(data, dict) or key not in data:
+        keys = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        raise CheckpointFormatError(f"{path}: not an EDM snapshot (no {key!r} entry; has {keys})")
+    return data[key]
+
+
+def convert(path, key="ema"):
+    """(EDMPrecond module, variables) for the `key` network of an official EDM snapshot."""
+    net = read_snapshot(path, key)
+    try:
+        settings = _settings_from(net)
+        module = edm.build(**settings)
+        _check_layers(_records(net))
+        tensors = _tensors(net)
+        _check_filters(tensors, module.resample_filter)
+        return module, _assemble(module, tensors)
+    except CheckpointFormatError as e:
+        raise CheckpointFormatError(f"{path}: {e}") from None
+
+
+def save(path, out_dir, key="ema"):
+    """Convert `path` and write it to `out_dir` (variables_io layout); returns the meta dict."""
+    module, variables = convert(path, key)
+    meta = {"kind": "edm", "module_kwargs": edm.module_kwargs(module),
+            "source": {"path": os.path.abspath(path), "key": key}}
+    variables_io.save_variables(out_dir, variables, meta)
+    return meta
+
+
+def load_converted(out_dir):
+    """(module, variables) from a directory written by `save` / the command line."""
+    variables, meta = variables_io.load_variables(out_dir)
+    if meta.get("kind") != "edm":
+        raise CheckpointFormatError(f"{out_dir} holds a {meta.get('kind')!r} conversion, "
+                                    "not an EDM network")
+    module = edm.build(**meta["module_kwargs"])
+    variables = jax.tree.map(lambda a: np.asarray(a, np.float32), variables)
+    return module, variables
+
+
+def main(argv=None):
+    """Command line: convert a snapshot; one-line error and exit status 1 on bad input."""
+    parser = argparse.ArgumentParser(
+        prog="python -m converters.edm",
+        description="Convert an official EDM network snapshot (.pkl) to Flax variables.")
+    parser.add_argument("snapshot", help="network-snapshot-*.pkl written by EDM's training loop")
+    parser.add_argument("out_dir", help="directory to write (meta.json + variables/)")
+    parser.add_argument("--key", default="ema", help="snapshot entry to convert (default ema)")
+    args = parser.parse_args(argv)
+    try:
+        meta = save(args.snapshot, args.out_dir, args.key)
+    except (torch_pickle.UnsafePickleError, torch_pickle.CheckpointFormatError,
+            OSError, ValueError, NotImplementedError) as e:
+        # Every error names the file already; keep the message to one line.
+        print(f"error: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
+        return 1
+    kw = meta["module_kwargs"]
+    print(f"wrote {args.out_dir}: EDMPrecond(SongUNet {kw['img_resolution']}px, "
+          f"label_dim {kw['label_dim']}, {kw['embedding_type']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""CUB-200-2011 (Wah et al., 2011): 200 bird species, 5,994 train / 5,794 test images.
+
+Official file in data.manual_dir:
+    CUB_200_2011.tgz   CUB_200_2011/images/<class dir>/<name>.jpg,
+                       CUB_200_2011/images.txt ("<image id> <relative path>"),
+                       CUB_200_2011/image_class_labels.txt ("<image id> <class id 1..200>"),
+                       CUB_200_2011/train_test_split.txt ("<image id> <1 train | 0 test>"),
+                       CUB_200_2011/classes.txt ("<class id> 001.Black_footed_Albatross")
+Class names drop the numeric prefix ("Black_footed_Albatross"). Bounding boxes, parts and
+attributes are not used.
+"""
+from mgr_jax.datasets import builder
+
+ARCHIVE = "CUB_200_2011.tgz"
+ROOT = "CUB_200_2011/"
+
+
+def _table(files, lines, listing):
+    """{first column: rest of the line} of a two-column listing."""
+    table = {}
+    for line in lines:
+        key, _, value = line.partition(" ")
+        if not value:
+            raise files.corrupt(ARCHIVE, f"{listing} has a line without two columns: {line!r}")
+        table[key] = value.strip()
+    return table
+
+
+class MgrBirds(builder.ArchiveBuilder):
+    name = "mgr_birds"
+    DATASET = "birds"
+    NUM_CLASSES = 200
+    FILES = (ARCHIVE,)
+    HOMEPAGE = "https://www.vision.caltech.edu/datasets/cub_200_2011/"
+
+    def read_index(self, files):
+        listings = ("images.txt", "image_class_labels.txt", "train_test_split.txt",
+                    "classes.txt")
+        text = files.read_texts(ARCHIVE, [ROOT + k for k in listings])
+        images, labels, is_train, classes = (_table(files, text[ROOT + k], k) for k in listings)
+        class_names = [classes[k].partition(".")[2] or classes[k]
+                       for k in sorted(classes, key=int)]
+        splits = {"train": {}, "test": {}}
+        for image_id, path in images.items():
+            if image_id not in labels or image_id not in is_train:
+                raise files.corrupt(ARCHIVE, f"image id {image_id} has no label or split")
+            label = builder.check_label(files, ARCHIVE, int(labels[image_id]) - 1,
+                                        self.NUM_CLASSES)
+            split = "train" if is_train[image_id] == "1" else "test"
+            splits[split][f"{ROOT}images/{path}"] = label
+        return class_names, {k: [(ARCHIVE, v)] for k, v in splits.items()}
+
+
+BUILDER = MgrBirds

@@ -1,0 +1,113 @@
+"""meta_gradient against closed forms and finite differences of the unrolled objective."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import enable_x64
+
+from mgr_jax import hypergrad
+
+RNG = np.random.default_rng(0)
+A = RNG.normal(size=(3, 3))
+A = A @ A.T + np.eye(3)
+B = RNG.normal(size=(3, 2))
+C = RNG.normal(size=(3, 3))
+C = C @ C.T + np.eye(3)
+T0 = RNG.normal(size=3)
+
+
+def quadratic_problem():
+    """inner = 1/2 th'A th + th'B phi (+ a phi-only term), outer = 1/2 (th - t0)'C(th - t0)."""
+    def inner(theta, phi):
+        th, p = theta["w"], phi["p"]
+        return 0.5 * th @ A @ th + th @ B @ p + jnp.sum(p ** 2)
+
+    def outer(theta):
+        d = theta["w"] - T0
+        return 0.5 * d @ C @ d
+    return inner, outer
+
+
+@pytest.mark.parametrize("method", ["exact", "finite_difference"])
+def test_quadratic_closed_form(method):
+    """theta' = th - eta (A th + B phi): d outer / d phi = -eta B' C (theta' - t0)."""
+    inner, outer = quadratic_problem()
+    th, p, eta = jnp.array([0.3, -0.2, 0.5]), jnp.array([0.1, 0.4]), 0.1
+    want = -eta * B.T @ C @ (th - eta * (A @ th + B @ p) - T0)
+    got = hypergrad.meta_gradient(inner, outer, {"w": th}, {"p": p}, eta, method=method)
+    np.testing.assert_allclose(got["p"], want, rtol=2e-4, atol=1e-6)
+
+
+def _mlp_problem(alpha):
+    """A small tanh MLP; alpha scales the non-quadratic part of the inner loss."""
+    k = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(k[0], (8, 3))
+    y = jax.random.normal(k[1], (8,))
+    theta = {"w1": 0.5 * jax.random.normal(k[2], (3, 4)), "w2": 0.5 * jax.random.normal(k[3], (4,))}
+    phi = {"s": jnp.array([0.3, -0.1, 0.2])}
+
+    def net(t, inputs):
+        return jnp.tanh(inputs @ t["w1"]) @ t["w2"]
+
+    def inner(t, p):
+        fit = jnp.mean((net(t, x) - y) ** 2)
+        linear_part = sum(jnp.sum(v) for v in jax.tree.leaves(t)) * jnp.sum(p["s"])
+        return fit + jnp.sum((net(t, x + p["s"]) ** 2)) * alpha + linear_part
+
+    def outer(t):
+        return jnp.mean((net(t, x * 0.5) - y) ** 2)
+    return inner, outer, theta, phi
+
+
+def test_exact_matches_central_differences_of_the_unrolled_objective():
+    with enable_x64():
+        inner, outer, theta, phi = _mlp_problem(alpha=1.0)
+        theta = jax.tree.map(lambda a: a.astype(jnp.float64), theta)
+        phi = jax.tree.map(lambda a: a.astype(jnp.float64), phi)
+        eta = 0.3
+        got = hypergrad.meta_gradient(inner, outer, theta, phi, eta, method="exact")["s"]
+
+        def unrolled(s):
+            return outer(hypergrad.virtual_step(inner, theta, {"s": s}, eta))
+        h = 1e-5
+        want = np.array([(unrolled(phi["s"].at[i].add(h)) - unrolled(phi["s"].at[i].add(-h)))
+                         / (2 * h) for i in range(3)])
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
+def test_finite_difference_approaches_exact_as_the_inner_loss_becomes_quadratic():
+    """L_syn linear in theta makes grad_phi L_syn linear in theta: Eq. 9 is then exact."""
+    errors = []
+    with enable_x64():
+        for alpha in (0.1, 0.01, 0.001, 0.0):
+            inner, outer, theta, phi = _mlp_problem(alpha)
+            ex = hypergrad.meta_gradient(inner, outer, theta, phi, 0.3, "exact")["s"]
+            fd = hypergrad.meta_gradient(inner, outer, theta, phi, 0.3, "finite_difference",
+                                         fd_eps=0.5)["s"]
+            errors.append(float(jnp.linalg.norm(ex - fd)))
+    assert errors[0] > 1e-3  # the large step sees the curvature...
+    assert errors == sorted(errors, reverse=True)  # ...less and less as alpha shrinks,
+    assert errors[2] < errors[0] / 30
+    assert errors[-1] < 1e-10  # and none when grad_phi of the inner loss is linear in theta.
+
+
+def test_mixed_form_equals_the_generic_exact_hypergradient():
+    """The MPS step's reverse-over-forward form, v = grad outer(theta'), equals meta_gradient."""
+    inner, outer, theta, phi = _mlp_problem(alpha=0.7)
+    eta = 0.2
+
+    def phi_free(t):  # a part of the inner loss that does not depend on phi (CE(real)).
+        return jnp.sum(jnp.sin(t["w1"])) + jnp.sum(t["w2"] ** 2)
+
+    full = lambda t, p: phi_free(t) + inner(t, p)  # noqa: E731
+    generic = hypergrad.meta_gradient(full, outer, theta, phi, eta, method="exact")
+    v = jax.grad(outer)(hypergrad.virtual_step(full, theta, phi, eta))
+    mixed = hypergrad.mixed_hypergradient(inner, theta, phi, v, eta)
+    np.testing.assert_allclose(mixed["s"], generic["s"], rtol=1e-4, atol=1e-7)
+
+
+def test_unknown_method_is_refused():
+    inner, outer = quadratic_problem()
+    with pytest.raises(ValueError, match="finite_difference"):
+        hypergrad.meta_gradient(inner, outer, {"w": jnp.zeros(3)}, {"p": jnp.zeros(2)}, 0.1,
+                                method="second_order")
