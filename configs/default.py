@@ -10,13 +10,19 @@ labelled image dataset, small enough for CPU, and hard enough at low label count
 (`data.subset_fraction`) to be the small-data regime MGR is meant for. It has no official
 test split, so a fixed-seed stratified 80/20 split plays that role (`data.test_fraction`).
 """
+import os
+
 import ml_collections
+
+# The generator shipped for the embedded dataset (docs/generator_training.md).
+SHIPPED_GENERATOR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "assets", "digits_stylegan2")
 
 
 def get_config():
     config = ml_collections.ConfigDict()
     # One of: base, gda, gda_mh, gda_ssl, gda_mps, pcr, mgr (SPEC "Methods").
-    config.method = "base"
+    config.method = "mgr"
     # Seed of initialisation, data order, synthetic draws; splits use data.split_seed.
     config.seed = 0
     config.num_epochs = 15
@@ -78,15 +84,16 @@ def get_config():
     # Compute dtype of the classifier: float32 or bfloat16 (parameters stay float32).
     config.model.dtype = "float32"
 
-    # Weight of the synthetic-sample loss (the paper's lambda, grid 0.1..1.0 chosen on D_val).
-    config["lambda"] = 1.0
+    # Weight of the synthetic-sample loss: the paper's lambda (grid 0.1..1.0 chosen on D_val).
+    # Named lambda_ because `--config.lambda=` is a Python keyword the flag parser refuses.
+    config.lambda_ = 1.0
 
     # Generator of the synthetic samples (methods other than base). kind: random (a random
     # tiny generator, for tests), stylegan2_ada, biggan, fastgan, edm; checkpoint: a converted
     # directory (python -m converters.<kind>) or the original file.
     config.generator = ml_collections.ConfigDict()
-    config.generator.kind = ""
-    config.generator.checkpoint = ""
+    config.generator.kind = "stylegan2_ada"
+    config.generator.checkpoint = SHIPPED_GENERATOR
     config.generator.seed = 0  # random kind only: its init seed, latent size and resolution.
     config.generator.latent_dim = 32
     config.generator.resolution = 16
@@ -118,6 +125,14 @@ def get_config():
     config.mps.finder_update = "meta"
     config.mps.log_hypergrad_cosine = False  # also compute the other hypergradient and log
                                              # their cosine (costs one more hypergradient).
+
+    # Multi-host runs: jax.distributed.initialize() before anything else (README, "Scaling").
+    # With enabled and no coordinator_address, the cluster environment (SLURM, TPU) is read.
+    config.distributed = ml_collections.ConfigDict()
+    config.distributed.enabled = False
+    config.distributed.coordinator_address = ""
+    config.distributed.num_processes = 1
+    config.distributed.process_id = 0
 
     config.log_every_steps = 50
     # Where checkpoints keep the best-validation epoch besides the latest one.

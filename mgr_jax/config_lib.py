@@ -43,7 +43,7 @@ def validate(config):
     _choice(data.augment, "data.augment", AUGMENTS)
     _choice(config.model.dtype, "model.dtype", DTYPES)
     _require(config.model.width > 0, f"model.width={config.model.width} must be positive")
-    _require(config["lambda"] >= 0, f"lambda={config['lambda']} must be non-negative")
+    _require(config.lambda_ >= 0, f"lambda_={config.lambda_} must be non-negative")
     if "finder" in config:
         _choice(config.finder.arch, "finder.arch", ("residual", "residual_shallow", "linear",
                                                     "mlp"))

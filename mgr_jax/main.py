@@ -10,7 +10,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mgr_jax import train
+from mgr_jax import sharding, train
 from mgr_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -26,6 +26,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
     try:
+        sharding.maybe_initialize_distributed(FLAGS.config)
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.max_epochs_this_run)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

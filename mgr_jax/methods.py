@@ -32,6 +32,9 @@ class Method:
     frozen: Any = dataclasses.field(default_factory=dict)
     needs_val: bool = False  # whether batches carry a D_val batch (MPS)
 
+    def with_frozen(self, frozen):
+        return dataclasses.replace(self, frozen=frozen)
+
 
 def _real_ce(model, state, batch):
     """CE on the real batch as a function of params -> (loss, (logits, new batch stats))."""
@@ -56,7 +59,8 @@ def base_step(state, batch, rng, frozen, *, model, tx, learning_rate_fn):
 def uniform_step(state, batch, rng, frozen, *, ctx):
     """GDA, GDA multi-head, GDA+SSL, PCR: CE(real) + lambda * L_syn(x_p), z ~ N(0, I)."""
     k_lat, k_aug = jax.random.split(rng)
-    z, y = synthetic.draw_latents(k_lat, ctx.generator, ctx.syn_batch, ctx.num_classes)
+    z, y = ctx.split_batch(synthetic.draw_latents(k_lat, ctx.generator, ctx.syn_batch,
+                                                  ctx.num_classes))
     x01 = jax.lax.stop_gradient(synthetic.synthesize(ctx.generator, frozen["generator"], z, y,
                                                      ctx.image_size))
     aux = state.meta.get("aux_head")
@@ -90,7 +94,8 @@ def mps_step(state, batch, rng, frozen, *, ctx):
     """
     cfg = ctx.mps
     k_lat, k_aug = jax.random.split(rng)
-    z, y = synthetic.draw_latents(k_lat, ctx.generator, ctx.syn_batch, ctx.num_classes)
+    z, y = ctx.split_batch(synthetic.draw_latents(k_lat, ctx.generator, ctx.syn_batch,
+                                                  ctx.num_classes))
     eta = ctx.learning_rate_fn(state.step)
     phi, gen_params = _meta_params(state, frozen, cfg)
 
@@ -176,6 +181,13 @@ class _Context:
     finder: Any = None
     meta_tx: Any = None
     aux_module: Any = None
+    data_sharding: Any = None
+
+    def split_batch(self, arrays):
+        """Split synthetic draws over the devices like the real batch (no-op on one device)."""
+        if self.data_sharding is None:
+            return arrays
+        return jax.lax.with_sharding_constraint(arrays, self.data_sharding)
 
 
 def _with_step_key(step_fn):
@@ -185,7 +197,7 @@ def _with_step_key(step_fn):
     return wrapped
 
 
-def build(config, *, model, tx, learning_rate_fn, num_classes, image_size):
+def build(config, *, model, tx, learning_rate_fn, num_classes, image_size, data_sharding=None):
     """The Method that `config.method` names, with its generator loaded."""
     if config.method == "base":
         step = functools.partial(base_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn)
@@ -200,9 +212,9 @@ def build(config, *, model, tx, learning_rate_fn, num_classes, image_size):
                                         aux_head=aux_head, aug_config=aug, uda_config=uda)
 
     ctx = _Context(model=model, tx=tx, learning_rate_fn=learning_rate_fn, generator=generator,
-                   syn_loss=syn_loss, lam=float(config["lambda"]),
+                   syn_loss=syn_loss, lam=float(config.lambda_),
                    syn_batch=config.synthetic_batch_size, num_classes=num_classes,
-                   image_size=image_size)
+                   image_size=image_size, data_sharding=data_sharding)
     frozen = {"generator": generator.params}
     if sampling == "uniform":
         if loss_kind == "gda_mh":

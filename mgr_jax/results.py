@@ -16,7 +16,7 @@ def write_results(workdir, config, pipeline, loop):
         "steps_per_s": round(loop["steps"] / max(loop["elapsed_s"], 1e-9), 3),
         "num_epochs": int(config.num_epochs),
         "split_sizes": pipeline.split_sizes(),
-        "lambda": float(config["lambda"]),
+        "lambda": float(config.lambda_),
     }
     if "mps" in config:
         results["hypergradient"] = config.mps.hypergradient

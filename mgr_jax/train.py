@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from mgr_jax import checkpoints, config_lib, input_pipeline, losses, pretrained
+from mgr_jax import checkpoints, config_lib, input_pipeline, losses, pretrained, sharding
 from mgr_jax.errors import UserError
 from mgr_jax.models import resnet
 from mgr_jax.run_log import RunLog
@@ -127,20 +127,29 @@ def _check_finite(losses_so_far, first_step):
         raise TrainingDiverged(first_step + int(bad[0]))
 
 
-def setup(config):
-    """(pipeline, model, method, initial state, loop key) for a config; writes nothing."""
+def setup(config, mesh=None):
+    """(pipeline, model, method, initial state, loop key) for a config; writes nothing.
+
+    With a `mesh`, the state is replicated over it and synthetic batches are split over it.
+    """
     from mgr_jax import methods  # noqa: PLC0415 (methods import this module)
 
+    if mesh is not None:
+        sharding.check_divisible(config, mesh)
     pipeline = input_pipeline.create_pipeline(config)
     model = create_model(config, pipeline.num_classes)
     init_variables = pretrained.load_init_checkpoint(config, model, pipeline.num_classes)
     lr_fn = create_learning_rate_fn(config, pipeline.steps_per_epoch)
     tx = create_optimizer(config, lr_fn)
     method = methods.build(config, model=model, tx=tx, learning_rate_fn=lr_fn,
-                           num_classes=pipeline.num_classes, image_size=pipeline.image_size)
+                           num_classes=pipeline.num_classes, image_size=pipeline.image_size,
+                           data_sharding=None if mesh is None else sharding.data_sharded(mesh))
     init_rng, meta_rng, loop_rng = jax.random.split(jax.random.key(config.seed), 3)
     state = create_train_state(init_rng, model, tx, pipeline.image_size, init_variables,
                                meta=method.init_meta(meta_rng))
+    if mesh is not None:
+        state = sharding.replicate(state, mesh)
+        method = method.with_frozen(sharding.replicate(method.frozen, mesh))
     return pipeline, model, method, state, loop_rng
 
 
@@ -169,7 +178,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     config_lib.validate(config)
     config_dict = config_lib.to_dict(config)
     checkpoints.check_workdir_config(workdir, config_dict)
-    pipeline, model, method, state, loop_rng = setup(config)
+    mesh = sharding.create_mesh()
+    pipeline, model, method, state, loop_rng = setup(config, mesh)
     # Nothing is written before here: bad input leaves the workdir as it was.
     checkpoints.write_config(workdir, config_dict)
     ckpt = checkpoints.RunCheckpoints(workdir, keep_best=config.keep_best_checkpoint)
@@ -181,14 +191,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         print(f"resuming {workdir} from epoch {loop['epoch']}", flush=True)
     log = RunLog(workdir, loop["epoch"])
 
-    step_fn = jax.jit(method.train_step, donate_argnums=(0,))
-    eval_fn = jax.jit(functools.partial(eval_step, model=model))
+    replicated = sharding.replicated(mesh)
+    step_fn = jax.jit(method.train_step, donate_argnums=(0,),
+                      out_shardings=(replicated, replicated))
+    jit_eval = jax.jit(functools.partial(eval_step, model=model), out_shardings=replicated)
+    eval_fn = lambda s, batch: jit_eval(s, sharding.shard_batch(batch, mesh))  # noqa: E731
     last = config.num_epochs if max_epochs_this_run is None else min(
         config.num_epochs, loop["epoch"] + max_epochs_this_run)
     try:
         for epoch in range(loop["epoch"] + 1, last + 1):
             t0 = time.time()
-            state, train_metrics = _train_epoch(config, step_fn, state, pipeline, epoch,
+            state, train_metrics = _train_epoch(config, step_fn, state, pipeline, epoch, mesh,
                                                 loop_rng, log, method.needs_val,
                                                 method.frozen)
             steps_per_s = pipeline.steps_per_epoch / max(time.time() - t0, 1e-9)
@@ -216,11 +229,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return results.write_results(workdir, config, pipeline, loop)
 
 
-def _train_epoch(config, step_fn, state, pipeline, epoch, loop_rng, log, needs_val, frozen):
+def _train_epoch(config, step_fn, state, pipeline, epoch, mesh, loop_rng, log, needs_val,
+                 frozen):
     """Run one epoch; host syncs only every `log_every_steps` steps and at the end."""
     pending, sums, count = [], None, 0
     first = int(state.step)
     for batch in pipeline.train_batches(epoch, with_val=needs_val):
+        batch = sharding.shard_batch(batch, mesh)
         state, metrics = step_fn(state, batch, loop_rng, frozen)  # folds in state.step.
         pending.append(metrics["loss"])
         sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)

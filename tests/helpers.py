@@ -3,8 +3,11 @@ from configs import default
 
 
 def tiny_config(**overrides):
-    """The default config shrunk: 8x8 inputs, width 1/8, 30 % of D, 2 epochs."""
+    """The default config shrunk: base, 8x8 inputs, width 1/8, 30 % of D, 2 epochs."""
     config = default.get_config()
+    config.method = "base"
+    config.generator.kind = "random"
+    config.generator.resolution = 8
     config.num_epochs = 2
     config.batch_size = 32
     config.synthetic_batch_size = 16

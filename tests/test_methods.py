@@ -20,7 +20,7 @@ def _setup(method, **overrides):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_lowers_its_loss_on_a_fixed_batch(method):
-    _, _, m, state, rng, batch = _setup(method, **{"lambda": 0.3})
+    _, _, m, state, rng, batch = _setup(method, **{"lambda_": 0.3})
     step = jax.jit(m.train_step)
     history = []
     for _ in range(6):
@@ -59,7 +59,7 @@ def test_mps_step_touches_stats_and_optimiser_only_through_the_real_step():
                                                 batch["image"], True)
         x01 = synthetic.synthesize(gen, gen.params, Finder().apply(phi, z), y, 8)
         syn = synthetic.synthetic_loss("pcr", model, params, state0.batch_stats, x01, y, k_aug)
-        return losses.cross_entropy(logits, batch["label"]) + config["lambda"] * syn
+        return losses.cross_entropy(logits, batch["label"]) + config.lambda_ * syn
 
     want = jax.grad(real_objective)(state0.params, phi1)
     stale = jax.grad(real_objective)(state0.params, phi0)
@@ -99,4 +99,4 @@ def test_method_without_generator_is_a_clear_error():
     from mgr_jax.errors import UserError
     from mgr_jax import config_lib
     with pytest.raises(UserError, match="generator.kind"):
-        config_lib.validate(tiny_config(method="pcr"))
+        config_lib.validate(tiny_config(method="pcr", **{"generator.kind": ""}))
