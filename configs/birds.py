@@ -13,23 +13,9 @@ data/birds/prepared), then reads them with grain.
 Subsets: --config.data.subset_fraction=0.1; real-data augmentation:
 --config.data.augment=trivialaugment (randaugment, augmix).
 """
-from configs import default
+
+from configs import paper
 
 
 def get_config():
-    config = default.get_config()
-    config.num_epochs = 200
-    config.batch_size = 64
-    config.synthetic_batch_size = 64
-    config.eval_batch_size = 128
-    config.optimizer.lr = 0.01
-    config.optimizer.lr_milestones = (60, 120, 160)
-    config.data.name = "birds"
-    config.data.image_size = 224
-    config.data.manual_dir = "data/birds"
-    config.model.arch = "resnet18"
-    config.model.width = 1.0
-    config.model.cifar_stem = False
-    config.model.init_checkpoint = "weights/resnet18_imagenet"
-    config.log_every_steps = 20
-    return config
+    return paper.get_config("birds")
