@@ -11,7 +11,10 @@ import orbax.checkpoint as ocp
 from mgr_jax.errors import UserError
 
 # Fields that may change between a run and its resumption without changing its results.
-RESUMABLE_CHANGES = ("num_epochs", "log_every_steps")
+RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "data.num_workers", "data.num_threads",
+                     "data.prefetch_batches", "data.manual_dir", "data.prepared_dir",
+                     "distributed.enabled", "distributed.coordinator_address",
+                     "distributed.num_processes", "distributed.process_id")
 
 
 def _flatten(d, prefix=""):
