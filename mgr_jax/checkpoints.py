@@ -17,11 +17,12 @@ RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "data.num_workers", "data.
                      "distributed.num_processes", "distributed.process_id")
 
 
-def _flatten(d, prefix=""):
+def flatten(d, prefix=""):
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -29,7 +30,7 @@ def _flatten(d, prefix=""):
 
 def config_differences(saved, current):
     """Keys whose values differ between two config dicts (ignoring RESUMABLE_CHANGES)."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten(saved), flatten(current)
     keys = sorted(set(a) | set(b))
     return [k for k in keys if k not in RESUMABLE_CHANGES
             and json.dumps(a.get(k)) != json.dumps(b.get(k))]
@@ -44,7 +45,7 @@ def check_workdir_config(workdir, config_dict):
         saved = json.load(f)
     diff = config_differences(saved, config_dict)
     if diff:
-        shown = ", ".join(f"{k} ({_flatten(saved).get(k)!r} -> {_flatten(config_dict).get(k)!r})"
+        shown = ", ".join(f"{k} ({flatten(saved).get(k)!r} -> {flatten(config_dict).get(k)!r})"
                           for k in diff[:5])
         raise UserError(f"workdir {workdir} holds a run with a different config: {shown}; "
                         "use a new --workdir or the same config to resume")

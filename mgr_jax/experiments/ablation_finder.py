@@ -45,16 +45,11 @@ def run(config, workdir, *, seeds=(0, 1, 2), variants=DEFAULT_VARIANTS, runs_dir
 
 
 def define_flags(fv):
-    from absl import flags  # noqa: PLC0415
-    flags.DEFINE_string("variants", ",".join(DEFAULT_VARIANTS),
-                        f"Rows, from {list(VARIANTS)}.", flag_values=fv)
+    common.define_variant_flags(fv, DEFAULT_VARIANTS, VARIANTS)
 
 
 def kwargs_from_flags(fv):
-    kwargs = common.common_kwargs(fv)
-    kwargs["variants"] = common.parse_list(fv.variants)
-    common.check_choices(kwargs["variants"], VARIANTS, "variants")
-    return kwargs
+    return common.variant_kwargs_from_flags(fv, VARIANTS)
 
 
 if __name__ == "__main__":

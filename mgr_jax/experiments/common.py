@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import ml_collections
 import numpy as np
 
-from mgr_jax import config_lib
+from mgr_jax import checkpoints, config_lib
 from mgr_jax.errors import UserError
 
 # Display names of the methods, as the paper's tables write them, in Table 1's row order.
@@ -57,13 +57,7 @@ def flatten(d, prefix=""):
     """{"a": {"b": 1}} -> {"a.b": 1} (a ConfigDict is taken as its JSON dict)."""
     if isinstance(d, ml_collections.ConfigDict):
         d = config_lib.to_dict(d)
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    return checkpoints.flatten(d, prefix)
 
 
 def lambda_key(config):
@@ -532,6 +526,21 @@ def main(module, argv=None):
             sys.exit(2)
 
     app.run(_main, argv=argv)
+
+
+def define_variant_flags(fv, default_variants, variants):
+    """The `--variants` flag of the ablation commands."""
+    from absl import flags  # noqa: PLC0415
+    flags.DEFINE_string("variants", ",".join(default_variants),
+                        f"Rows, from {list(variants)}.", flag_values=fv)
+
+
+def variant_kwargs_from_flags(fv, variants):
+    """The common kwargs plus the checked `--variants` list."""
+    kwargs = common_kwargs(fv)
+    kwargs["variants"] = parse_list(fv.variants)
+    check_choices(kwargs["variants"], variants, "variants")
+    return kwargs
 
 
 def variant_table(key, header, title, variants, chosen, config, workdir, *, seeds,
