@@ -180,14 +180,9 @@ def build_method(config, generator, num_classes):
     model = train.create_model(config, num_classes)
     lr_fn = train.create_learning_rate_fn(config, steps_per_epoch=100)
     tx = train.create_optimizer(config, lr_fn)
-    # methods.build loads the generator from the config (a checkpoint file); hand it ours.
-    original = methods.load_generator
-    methods.load_generator = lambda gen_config, n: generator
-    try:
-        method = methods.build(config, model=model, tx=tx, learning_rate_fn=lr_fn,
-                               num_classes=num_classes, image_size=config.data.image_size)
-    finally:
-        methods.load_generator = original
+    method = methods.build(config, model=model, tx=tx, learning_rate_fn=lr_fn,
+                           num_classes=num_classes, image_size=config.data.image_size,
+                           generator=generator)
     init_rng, meta_rng = jax.random.split(jax.random.key(config.seed))
     state = train.create_train_state(init_rng, model, tx, config.data.image_size,
                                      meta=method.init_meta(meta_rng))

@@ -197,13 +197,16 @@ def _with_step_key(step_fn):
     return wrapped
 
 
-def build(config, *, model, tx, learning_rate_fn, num_classes, image_size, data_sharding=None):
-    """The Method that `config.method` names, with its generator loaded."""
+def build(config, *, model, tx, learning_rate_fn, num_classes, image_size, data_sharding=None,
+          generator=None):
+    """The Method that `config.method` names, with its generator (loaded from
+    `config.generator` unless a `Generator` is given)."""
     if config.method == "base":
         step = functools.partial(base_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn)
         return Method(_with_step_key(step), init_meta=lambda rng: {})
     loss_kind, sampling = SYNTHETIC[config.method]
-    generator = load_generator(config.generator, num_classes)
+    if generator is None:
+        generator = load_generator(config.generator, num_classes)
     aug = {"num_ops": config.augment.num_ops, "max_magnitude": config.augment.max_magnitude}
     uda = {"temperature": config.uda.temperature, "threshold": config.uda.threshold}
 
