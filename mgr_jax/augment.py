@@ -10,7 +10,7 @@ posterize, solarize, invert, rotate (30 deg), shear_x / shear_y (0.3), translate
 translate_y (30 % of the side), cutout (up to half the side, grey fill).
 Gradients w.r.t. the image:
   - exact for all ops but posterize; geometric ops interpolate bilinearly (dm-pix
-    affine_transform), so their gradient reaches the source pixels;
+    affine_transform's convention, as gathers), so their gradient reaches the source pixels;
   - posterize uses a straight-through estimator (forward: quantised, backward: identity);
   - solarize passes the image gradient (sign flipped above the threshold); its threshold,
     like every magnitude, receives none;
@@ -34,14 +34,17 @@ def _blend(degenerate, images, factor):
 
 
 def _smooth(images):
-    """PIL's SMOOTH kernel [[1,1,1],[1,5,1],[1,1,1]] / 13, per channel, edge-padded."""
-    k = jnp.array([[1., 1., 1.], [1., 5., 1.], [1., 1., 1.]], images.dtype) / 13.0
-    c = images.shape[-1]
-    kernel = jnp.tile(k[:, :, None, None], (1, 1, 1, c))
+    """PIL's SMOOTH kernel [[1,1,1],[1,5,1],[1,1,1]] / 13, per channel, edge-padded.
+
+    As shifted sums: XLA on CPU runs the equivalent depthwise convolution far slower.
+    """
+    h, w = images.shape[1:3]
     padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-    return jax.lax.conv_general_dilated(padded, kernel, (1, 1), "VALID",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        feature_group_count=c)
+    total = 4.0 * images  # the centre weighs 5 = 1 (in the 3x3 sum below) + 4
+    for dy in range(3):
+        for dx in range(3):
+            total = total + padded[:, dy:dy + h, dx:dx + w]
+    return total / 13.0
 
 
 def _autocontrast(images):
@@ -84,16 +87,35 @@ def _affine_matrices(op, magnitude, sign, size):
 
 
 def _warp(images, a, t):
-    """Bilinear affine warp about the image centre, zeros outside (dm-pix affine_transform)."""
-    h, w = images.shape[1:3]
-    centre = jnp.array([(h - 1) / 2.0, (w - 1) / 2.0])
+    """Bilinear affine warp about the image centre, zeros outside (dm-pix affine_transform's
+    convention: a source point outside [0, size - 1] on either axis reads 0).
 
-    def one(image, a2, t2):
-        matrix = jnp.eye(3).at[:2, :2].set(a2)
-        offset = jnp.concatenate([centre - a2 @ centre + t2, jnp.zeros(1)])
-        return pix.affine_transform(image, matrix, offset=offset, order=1, mode="constant",
-                                    cval=0.0)
-    return jax.vmap(one)(images, a, t)
+    Output pixel p = (y, x) reads the source at a p + (c - a c + t), c the centre. Written as
+    four gathers of the flattened image (gradients: scatter-adds), which XLA runs ~40x faster
+    on CPU than dm-pix's per-image coordinate maps at 224x224.
+    """
+    n, h, w, c = images.shape
+    centre = jnp.array([(h - 1) / 2.0, (w - 1) / 2.0])
+    grid = jnp.stack(jnp.meshgrid(jnp.arange(h, dtype=jnp.float32),
+                                  jnp.arange(w, dtype=jnp.float32), indexing="ij"), -1)
+    grid = grid.reshape(-1, 2)  # (HW, 2) output points (y, x)
+    offset = centre - jnp.einsum("nij,j->ni", a, centre) + t  # (N, 2)
+    src = jnp.einsum("nij,pj->npi", a, grid) + offset[:, None, :]  # (N, HW, 2)
+    sy, sx = src[..., 0], src[..., 1]
+    inside = (sy >= 0) & (sy <= h - 1) & (sx >= 0) & (sx <= w - 1)
+    y0, x0 = jnp.floor(sy), jnp.floor(sx)
+    wy, wx = sy - y0, sx - x0
+    y0 = jnp.clip(y0, 0, h - 1).astype(jnp.int32)
+    x0 = jnp.clip(x0, 0, w - 1).astype(jnp.int32)
+    y1, x1 = jnp.minimum(y0 + 1, h - 1), jnp.minimum(x0 + 1, w - 1)
+    flat = images.reshape(n, h * w, c)
+
+    def tap(yy, xx):
+        return jnp.take_along_axis(flat, (yy * w + xx)[..., None], axis=1)
+    wy, wx = wy[..., None], wx[..., None]
+    out = ((1 - wy) * ((1 - wx) * tap(y0, x0) + wx * tap(y0, x1))
+           + wy * ((1 - wx) * tap(y1, x0) + wx * tap(y1, x1)))
+    return jnp.where(inside[..., None], out, 0.0).reshape(n, h, w, c)
 
 
 def _cutout(images, magnitude, key):

@@ -71,3 +71,31 @@ def test_rand_augment_is_per_sample_jittable_and_keyed():
     distinct = {np.asarray(x).tobytes() for x in a}
     assert len(distinct) > 8  # samples draw their own ops and magnitudes.
     assert a.shape == images.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+
+
+def test_warp_equals_dm_pix_affine_transform():
+    """The gather warp against dm-pix's own map: rotations, shears, shifts beyond the border."""
+    import dm_pix as pix  # noqa: PLC0415
+    images = jax.random.uniform(jax.random.key(3), (4, 9, 7, 3))
+    angle = jnp.array([0.3, -0.5, 0.0, 0.1])
+    a = jnp.stack([jnp.stack([jnp.cos(angle), -jnp.sin(angle)], -1),
+                   jnp.stack([jnp.sin(angle), jnp.cos(angle)], -1)], -2)
+    a = a.at[2].set(jnp.array([[1.0, 0.0], [0.4, 1.0]]))  # a shear
+    t = jnp.array([[0.0, 0.0], [1.5, -2.25], [0.0, 3.0], [-20.0, 0.0]])  # the last: all outside
+    centre = jnp.array([4.0, 3.0])
+
+    def reference(image, a2, t2):
+        offset = jnp.concatenate([centre - a2 @ centre + t2, jnp.zeros(1)])
+        return pix.affine_transform(image, jnp.eye(3).at[:2, :2].set(a2), offset=offset,
+                                    order=1, mode="constant", cval=0.0)
+    want = jax.vmap(reference)(images, a, t)
+    np.testing.assert_allclose(augment._warp(images, a, t), want, atol=1e-5)
+    assert float(jnp.abs(want[3]).max()) == 0.0
+
+
+def test_smooth_is_pil_smooth_kernel_with_edge_padding():
+    images = np.asarray(IMAGES)
+    k = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float64) / 13.0
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    want = sum(k[dy, dx] * padded[:, dy:dy + 12, dx:dx + 12] for dy in range(3) for dx in range(3))
+    np.testing.assert_allclose(augment._smooth(IMAGES), want, atol=1e-6)

@@ -117,15 +117,38 @@ def test_minibatch_stddev_refuses_an_indivisible_batch():
 
 # ----------------------------------------------------------------------------- fast ops
 
+def _upfirdn2d_by_conv(x, f, up=1, down=1, padding=(0, 0, 0, 0), gain=1.0, flip_filter=False):
+    """upfirdn2d as zero insertion + one depthwise convolution (the direct definition)."""
+    px0, px1, py0, py1 = padding
+    cfg = [(0, 0, 0), (py0, py1 + up - 1, up - 1), (px0, px1 + up - 1, up - 1), (0, 0, 0)]
+    x = jax.lax.pad(x, jnp.zeros((), x.dtype), cfg)
+    f = np.asarray(f, np.float32) * gain
+    x = stylegan2.fir_depthwise(x, f if flip_filter else f[::-1, ::-1])
+    return x[:, ::down, ::down, :]
+
+
 @pytest.mark.parametrize("kwargs", [dict(up=2, padding=(2, 1, 2, 1), gain=4),
                                     dict(down=2, padding=(1, 1, 1, 1)),
                                     dict(padding=(2, 2, 2, 2)),
                                     dict(up=2, padding=(-1, 0, 1, -1), gain=4, flip_filter=True)])
-def test_fast_upfirdn2d_equals_the_original(kwargs):
+def test_separable_upfirdn2d_equals_the_depthwise_convolution(kwargs):
     f = stylegan2.setup_filter((1, 2, 5, 1))  # asymmetric: catches a flip error
+    assert stylegan2.separable_taps(f) is not None
     x = jax.random.normal(jax.random.key(0), (2, 6, 5, 3))
-    np.testing.assert_allclose(stylegan2_fast_ops.upfirdn2d(x, f, **kwargs),
-                               stylegan2.upfirdn2d(x, f, **kwargs), atol=1e-5)
+    np.testing.assert_allclose(stylegan2.upfirdn2d(x, f, **kwargs),
+                               _upfirdn2d_by_conv(x, f, **kwargs), atol=1e-5)
+
+
+def test_upfirdn2d_of_a_non_separable_filter():
+    f = np.array([[0.0, 1.0, 0.0], [1.0, 4.0, 2.0], [0.0, 1.0, 0.0]], np.float32)
+    assert stylegan2.separable_taps(f) is None
+    x = jax.random.normal(jax.random.key(0), (1, 6, 5, 2))
+    got = stylegan2.upfirdn2d(x, f, padding=(1, 1, 1, 1))
+    # Direct: out[i, j] = sum_ab f[a, b] x_pad[i + 2 - a, j + 2 - b] (a true convolution).
+    xp = np.pad(np.asarray(x), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    want = sum(f[a, b] * xp[:, 2 - a:2 - a + 6, 2 - b:2 - b + 5]
+               for a in range(3) for b in range(3))
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_fast_ops_leave_the_generator_unchanged():
@@ -137,7 +160,7 @@ def test_fast_ops_leave_the_generator_unchanged():
     want = G.apply(v, z, c)
     with stylegan2_fast_ops.patched_generator_ops():
         got = G.apply(v, z, c)
-    assert stylegan2.upfirdn2d is not stylegan2_fast_ops.upfirdn2d  # restored
+    assert stylegan2.conv2d_resample is not stylegan2_fast_ops.conv2d_resample  # restored
     np.testing.assert_allclose(got, want, atol=1e-4 * float(jnp.max(jnp.abs(want))))
 
 

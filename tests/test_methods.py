@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from mgr_jax import losses, methods, synthetic, train
+from mgr_jax import hypergrad, losses, methods, synthetic, train
 from mgr_jax.config_lib import METHODS
 from tests.helpers import tiny_config
 
@@ -72,6 +72,46 @@ def test_mps_step_touches_stats_and_optimiser_only_through_the_real_step():
     assert dist(trace, want) < 1e-4 * scale  # float32 round-off only.
     # ... and closer to it than to the gradient with the stale finder.
     assert dist(trace, want) < 0.1 * dist(trace, stale)
+
+
+def _dist(a, b):
+    return float(jnp.sqrt(sum(jnp.sum((x - y) ** 2) for x, y in zip(jax.tree.leaves(a),
+                                                                    jax.tree.leaves(b)))))
+
+
+@pytest.mark.parametrize("kind,rtol", [("exact", 1e-4), ("finite_difference", 2e-2)])
+def test_mps_hypergradient_is_the_meta_gradient_of_the_whole_objective(kind, rtol):
+    """The step's image-space hypergradient pulled back through G equals the generic
+    `hypergrad.meta_gradient` of CE_val(theta') w.r.t. phi, with L_syn a function of phi."""
+    config, model, m, state0, rng, batch = _setup("mgr", **{"mps.hypergradient": kind})
+    state1, metrics = jax.jit(m.train_step)(state0, batch, rng, m.frozen)
+    # Adam's first moment after its first update is (1 - b1) g: the step's hypergradient.
+    got = jax.tree.map(lambda mu: mu / 0.1, optax.tree_utils.tree_get(state1.meta["opt"], "mu"))
+
+    from mgr_jax.finder import Finder
+    from mgr_jax.generators import load_generator
+    gen = load_generator(config.generator, 10)
+    k_lat, k_aug = jax.random.split(jax.random.fold_in(rng, 0))
+    z, y = synthetic.draw_latents(k_lat, gen, config.synthetic_batch_size, 10)
+
+    def inner(params, phi):
+        logits, _, _ = train.classifier_forward(model, params, state0.batch_stats,
+                                                batch["image"], True)
+        x01 = synthetic.synthesize(gen, gen.params, Finder().apply(phi, z), y, 8)
+        syn = synthetic.synthetic_loss("pcr", model, params, state0.batch_stats, x01, y, k_aug)
+        return losses.cross_entropy(logits, batch["label"]) + config.lambda_ * syn
+
+    def outer(params):
+        logits, _, _ = train.classifier_forward(model, params, state0.batch_stats,
+                                                batch["val_image"], True)
+        return losses.cross_entropy(logits, batch["val_label"])
+
+    phi0 = state0.meta["params"]
+    want = hypergrad.meta_gradient(inner, outer, state0.params, phi0, metrics["lr"], kind,
+                                   config.mps.fd_eps)
+    g_kl = jax.grad(lambda p: losses.kl_penalty(Finder().apply(p, z)))(phi0)
+    want = jax.tree.map(lambda a, b: a + config.mps.kl_weight * b, want, g_kl)
+    assert _dist(got, want) < rtol * _dist(want, jax.tree.map(jnp.zeros_like, want))
 
 
 @pytest.mark.parametrize("overrides,moves", [

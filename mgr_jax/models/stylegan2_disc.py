@@ -18,9 +18,7 @@ import numpy as np
 from jax import lax
 
 from mgr_jax.models.stylegan2 import (_ACTIVATIONS, _DIMS, FullyConnectedLayer, bias_act,
-                                      normalize_2nd_moment, setup_filter)
-# The FIR filter as shifted slices: XLA's CPU depthwise convolution is ~50x slower.
-from mgr_jax.models.stylegan2_fast_ops import upfirdn2d
+                                      normalize_2nd_moment, setup_filter, upfirdn2d)
 
 ARCHITECTURES = ("orig", "skip", "resnet")
 
