@@ -26,6 +26,8 @@ Generator (`--generator`):
          8 mapping layers, channel_base 8192, channel_max 256 (`--paper-gen-res`,
          `--paper-gen-channels`), its output resized (bilinear) to 224.
   random the tiny conditional generator of `generator.kind=random` (mgr_jax/generators/tiny.py).
+  shipped (small shape only) the trained digits generator the default config uses
+         (assets/digits_stylegan2: 64/32/16 channels at 4/8/16).
 
 FLOPs come from XLA (`jit(...).lower(...).compile().cost_analysis()`); the table also gives
 each step's FLOPs in "units" of one classifier forward on the real batch (SPEC: base 3,
@@ -55,6 +57,7 @@ import numpy as np  # noqa: E402
 
 from configs import default as default_config  # noqa: E402
 from mgr_jax import augment, methods, synthetic, train  # noqa: E402
+from mgr_jax.generators import load_generator  # noqa: E402
 from mgr_jax.generators import stylegan2_ada as sg_generator  # noqa: E402
 from mgr_jax.generators import tiny  # noqa: E402
 from mgr_jax.models import stylegan2  # noqa: E402
@@ -144,6 +147,8 @@ def make_config(shape, bench_method, args):
 def make_generator(shape, args):
     """The benchmark's generator (random weights) behind mgr_jax's Generator interface."""
     spec = SHAPES[shape]
+    if args.generator == "shipped":
+        return load_generator(default_config.get_config().generator, spec["num_classes"])
     if args.generator == "random":
         return tiny.load(seed=0, latent_dim=spec["z_dim"], num_classes=spec["num_classes"],
                          resolution=spec["gen_resolution"])
@@ -162,6 +167,9 @@ def make_generator(shape, args):
 
 def generator_description(shape, args):
     spec = SHAPES[shape]
+    if args.generator == "shipped":
+        return ("the shipped digits StyleGAN2-ADA (configs/default.py): 16x16, z/w 64, "
+                "2 mapping layers, 64/32/16 channels at 4/8/16")
     if args.generator == "random":
         return (f"tiny random conditional generator {spec['gen_resolution']}x"
                 f"{spec['gen_resolution']}, z {spec['z_dim']}")
@@ -392,7 +400,9 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=5, help="timed steps (median)")
     parser.add_argument("--paper-iters", type=int, default=0, help="0 = --iters")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compile")
-    parser.add_argument("--generator", default="stylegan2", choices=("stylegan2", "random"))
+    parser.add_argument("--generator", default="stylegan2",
+                        choices=("stylegan2", "random", "shipped"),
+                        help="shipped: the default config's generator (small shape, no --torch)")
     parser.add_argument("--paper-gen-res", type=int, default=0, help="0 = 64")
     parser.add_argument("--paper-gen-channels", default="",
                         help="channel_base,channel_max of the paper-shape generator "
@@ -406,6 +416,8 @@ def main(argv=None):
     parser.add_argument("--out", default="", help="write all results as JSON here")
     args = parser.parse_args(argv)
 
+    if args.generator == "shipped" and (args.torch or "paper" in args.shapes):
+        parser.error("--generator shipped is the digits generator: --shapes small, no --torch")
     device = jax.devices()[0]
     peak, peak_label = peak_flops(device, args.dtype)
     methods_run = [m.strip() for m in args.methods.split(",") if m.strip()]
