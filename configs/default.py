@@ -99,6 +99,11 @@ def get_config():
     config.generator.seed = 0  # random kind only: its init seed, latent size and resolution.
     config.generator.latent_dim = 32
     config.generator.resolution = 16
+    # Keyword arguments of the kind's loader (mgr_jax/generators/<kind>.py `load`), e.g.
+    # --config.generator.kwargs='{"num_steps": 2}' (edm: Heun steps, default 18),
+    # '{"kwargs_json": "G.json"}' (biggan / stylegan2_ada: constructor settings of a .pth),
+    # '{"truncation_psi": 0.7}' (stylegan2_ada), '{"noise_mode": "none"}' (fastgan).
+    config.generator.kwargs = ml_collections.ConfigDict()
 
     # The strong augmentation T on synthetic images (differentiable RandAugment).
     config.augment = ml_collections.ConfigDict()

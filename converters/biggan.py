@@ -259,6 +259,11 @@ def convert(path, kwargs_json=None, **generator_kwargs):
     sd = torch_pickle.load(path)
     if not isinstance(sd, dict):
         raise ConversionError(f"{path}: expected a state_dict, found {type(sd).__name__}")
+    other = next((k for k, v in sd.items() if not isinstance(v, np.ndarray)), None)
+    if other is not None:  # e.g. a training checkpoint of another GAN: {"g": {...}, ...}
+        raise ConversionError(f"{path}: not a BigGAN Generator state_dict: entry {other!r} is "
+                              f"a {type(sd[other]).__name__}, not a tensor; first keys: "
+                              f"{list(sd)[:5]}")
     return convert_state_dict(sd, kwargs_json=kwargs_json, **generator_kwargs)
 
 

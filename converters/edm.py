@@ -235,7 +235,11 @@ def read_snapshot(path, key="ema"):
     if isinstance(data, _Persistent):
         return data  # a bare pickled network rather than a training snapshot
     if not isinstance(data, dict) or key not in data:
-        keys = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        if isinstance(data, dict):
+            keys = sorted(map(str, data))
+            keys = keys if len(keys) <= 8 else keys[:8] + [f"... {len(keys) - 8} more"]
+        else:
+            keys = type(data).__name__
         raise CheckpointFormatError(f"{path}: not an EDM snapshot (no {key!r} entry; has {keys})")
     return data[key]
 

@@ -25,8 +25,9 @@ Public API:
     record_object(name) -> class;  record_globals(*names) -> {name: class}
     RecordedObject, UnsafePickleError, CheckpointFormatError
     save(path, obj, legacy=False), dumps_legacy(obj), dumps_plain(obj) with the markers
-    Storage, TensorView, Global, Reduce, PersistentId: a small torch-free writer of the same
-    formats (numpy arrays become tensors), for tests, benchmarks and synthetic checkpoints.
+    Storage, TensorView, Global, Reduce, Instance, PersistentId: a small torch-free writer of
+    the same formats (numpy arrays become tensors), for tests, benchmarks and synthetic
+    checkpoints.
 """
 import collections
 import io
@@ -590,6 +591,15 @@ class Reduce:
         self.func, self.args = func, tuple(args)
 
 
+class Instance:
+    """An instance of class `cls` (a Global) as pickle writes a plain object at protocol 2+:
+    `cls.__new__(cls, *args)` (NEWOBJ), then BUILD with `state` (usually its `__dict__`).
+    This is how a torch module that is not a persistent object (e.g. a ModuleDict) is stored."""
+
+    def __init__(self, cls, state, args=()):
+        self.cls, self.state, self.args = cls, state, tuple(args)
+
+
 class PersistentId:
     """A persistent id (tuple) to write as BINPERSID."""
 
@@ -671,6 +681,12 @@ class _Writer:
             self._emit(obj.func, out)
             self._emit(obj.args, out)
             w(b"R")
+        elif isinstance(obj, Instance):
+            self._emit(obj.cls, out)
+            self._emit(obj.args, out)
+            w(b"\x81")  # NEWOBJ
+            self._emit(obj.state, out)
+            w(b"b")  # BUILD
         elif isinstance(obj, PersistentId):
             self._emit(obj.pid, out)
             w(b"Q")

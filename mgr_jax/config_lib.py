@@ -61,3 +61,7 @@ def validate(config):
         _require(bool(config.generator.kind),
                  f"method={config.method} needs a generator: set generator.kind and "
                  "generator.checkpoint (see README, 'Generators')")
+        kwargs = config.generator.get("kwargs") or {}
+        _require(not kwargs or config.generator.kind != "random",
+                 f"generator.kwargs={dict(kwargs)!r} is for loading a checkpoint; the random "
+                 "kind takes generator.seed / latent_dim / resolution instead")

@@ -116,6 +116,23 @@ def test_plain_pickle_with_load_from_bytes(tmp_path):
     assert got["raw"] == b"\x00\x01"
 
 
+def test_instance_is_newobj_then_build(tmp_path):
+    """A ModuleDict-like object: recorded with its state by an allow-listed stand-in, refused
+    by name without one."""
+    name = "torch.nn.modules.container.ModuleDict"
+    inner = {"_parameters": {"weight": np.eye(2, dtype=np.float32)}, "_modules": {}}
+    obj = {"enc": tp.Instance(Global(*name.rsplit(".", 1)), {"training": False,
+                                                             "_modules": {"conv": inner}})}
+    path = tmp_path / "modules.pkl"
+    path.write_bytes(tp.dumps_plain(obj))
+    with pytest.raises(tp.UnsafePickleError, match="ModuleDict"):
+        tp.load(path)
+    got = tp.load(path, extra_globals=tp.record_globals(name))["enc"]
+    assert got.name == name and got.args == () and got.state["training"] is False
+    np.testing.assert_array_equal(got.state["_modules"]["conv"]["_parameters"]["weight"],
+                                  np.eye(2))
+
+
 def test_xz_input(tmp_path):
     want = _sample_state()
     path = tmp_path / "sd.pth"

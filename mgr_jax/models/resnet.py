@@ -124,18 +124,21 @@ class ResNet(nn.Module):
         return logits, features
 
 
+# ResNet-10: one basic block per stage (not a torchvision model; for fast small experiments).
+ResNet10 = functools.partial(ResNet, block=BasicBlock, stage_sizes=(1, 1, 1, 1))
 ResNet18 = functools.partial(ResNet, block=BasicBlock, stage_sizes=(2, 2, 2, 2))
 ResNet34 = functools.partial(ResNet, block=BasicBlock, stage_sizes=(3, 4, 6, 3))
 ResNet50 = functools.partial(ResNet, block=Bottleneck, stage_sizes=(3, 4, 6, 3))
 ResNet101 = functools.partial(ResNet, block=Bottleneck, stage_sizes=(3, 4, 23, 3))
 ResNet152 = functools.partial(ResNet, block=Bottleneck, stage_sizes=(3, 8, 36, 3))
 
-ARCHS = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50,
+ARCHS = {"resnet10": ResNet10, "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50,
          "resnet101": ResNet101, "resnet152": ResNet152}
 
 
 def create_model(arch: str, **kwargs) -> ResNet:
-    """Build a ResNet by name (`resnet18`, `resnet34`, `resnet50`, `resnet101`, `resnet152`)."""
+    """Build a ResNet by name (`resnet10`, `resnet18`, `resnet34`, `resnet50`, `resnet101`,
+    `resnet152`)."""
     if arch not in ARCHS:
         raise ValueError(f"model.arch={arch!r} is not known; choose one of {sorted(ARCHS)}")
     return ARCHS[arch](**kwargs)
