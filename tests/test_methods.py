@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from mgr_jax import hypergrad, losses, methods, synthetic, train
+from mgr_jax import hypergrad, losses, synthetic, train
 from mgr_jax.config_lib import METHODS
 from tests.helpers import tiny_config
 
@@ -31,6 +31,24 @@ def test_each_method_lowers_its_loss_on_a_fixed_batch(method):
     assert history[-1]["accuracy"] >= history[0]["accuracy"]
 
 
+def _replay_objective(config, model, state0, batch, rng):
+    """The first MGR step's draws rebuilt outside it: (CE(real) + lambda PCR(x_p(phi)) as a
+    function of (params, phi), the latents z)."""
+    from mgr_jax.finder import Finder
+    from mgr_jax.generators import load_generator
+    gen = load_generator(config.generator, 10)
+    k_lat, k_aug = jax.random.split(jax.random.fold_in(rng, 0))
+    z, y = synthetic.draw_latents(k_lat, gen, config.synthetic_batch_size, 10)
+
+    def objective(params, phi):
+        logits, _, _ = train.classifier_forward(model, params, state0.batch_stats,
+                                                batch["image"], True)
+        x01 = synthetic.synthesize(gen, gen.params, Finder().apply(phi, z), y, 8)
+        syn = synthetic.synthetic_loss("pcr", model, params, state0.batch_stats, x01, y, k_aug)
+        return losses.cross_entropy(logits, batch["label"]) + config.lambda_ * syn
+    return objective, z
+
+
 def test_mps_step_touches_stats_and_optimiser_only_through_the_real_step():
     """After one MGR step: BN stats = one real-batch update; SGD trace = grad of the real step
     with x_p regenerated from the *updated* finder; the finder moved."""
@@ -48,19 +66,7 @@ def test_mps_step_touches_stats_and_optimiser_only_through_the_real_step():
     assert moved > 0
 
     # Rebuild the step's draws and the real-step gradient independently.
-    from mgr_jax.finder import Finder
-    from mgr_jax.generators import load_generator
-    gen = load_generator(config.generator, 10)
-    k_lat, k_aug = jax.random.split(jax.random.fold_in(rng, 0))
-    z, y = synthetic.draw_latents(k_lat, gen, config.synthetic_batch_size, 10)
-
-    def real_objective(params, phi):
-        logits, _, _ = train.classifier_forward(model, params, state0.batch_stats,
-                                                batch["image"], True)
-        x01 = synthetic.synthesize(gen, gen.params, Finder().apply(phi, z), y, 8)
-        syn = synthetic.synthetic_loss("pcr", model, params, state0.batch_stats, x01, y, k_aug)
-        return losses.cross_entropy(logits, batch["label"]) + config.lambda_ * syn
-
+    real_objective, _ = _replay_objective(config, model, state0, batch, rng)
     want = jax.grad(real_objective)(state0.params, phi1)
     stale = jax.grad(real_objective)(state0.params, phi0)
     trace = optax.tree_utils.tree_get(state1.opt_state, "trace")  # = grads after one step.
@@ -88,18 +94,7 @@ def test_mps_hypergradient_is_the_meta_gradient_of_the_whole_objective(kind, rto
     # Adam's first moment after its first update is (1 - b1) g: the step's hypergradient.
     got = jax.tree.map(lambda mu: mu / 0.1, optax.tree_utils.tree_get(state1.meta["opt"], "mu"))
 
-    from mgr_jax.finder import Finder
-    from mgr_jax.generators import load_generator
-    gen = load_generator(config.generator, 10)
-    k_lat, k_aug = jax.random.split(jax.random.fold_in(rng, 0))
-    z, y = synthetic.draw_latents(k_lat, gen, config.synthetic_batch_size, 10)
-
-    def inner(params, phi):
-        logits, _, _ = train.classifier_forward(model, params, state0.batch_stats,
-                                                batch["image"], True)
-        x01 = synthetic.synthesize(gen, gen.params, Finder().apply(phi, z), y, 8)
-        syn = synthetic.synthetic_loss("pcr", model, params, state0.batch_stats, x01, y, k_aug)
-        return losses.cross_entropy(logits, batch["label"]) + config.lambda_ * syn
+    inner, z = _replay_objective(config, model, state0, batch, rng)
 
     def outer(params):
         logits, _, _ = train.classifier_forward(model, params, state0.batch_stats,
@@ -109,6 +104,7 @@ def test_mps_hypergradient_is_the_meta_gradient_of_the_whole_objective(kind, rto
     phi0 = state0.meta["params"]
     want = hypergrad.meta_gradient(inner, outer, state0.params, phi0, metrics["lr"], kind,
                                    config.mps.fd_eps)
+    from mgr_jax.finder import Finder
     g_kl = jax.grad(lambda p: losses.kl_penalty(Finder().apply(p, z)))(phi0)
     want = jax.tree.map(lambda a, b: a + config.mps.kl_weight * b, want, g_kl)
     assert _dist(got, want) < rtol * _dist(want, jax.tree.map(jnp.zeros_like, want))
