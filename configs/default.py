@@ -128,7 +128,8 @@ def get_config():
     config.mps.kl_weight = 0.01  # lambda_KL of Eq. 11; 0 turns the KL penalty off.
     config.mps.meta_target = "finder"  # or generator: meta-optimise G's params instead.
     # meta (Algorithm 1), or the Table 7 ablations without meta-learning: max_ce / max_pcr
-    # (the finder maximises the synthetic loss of the method: CE for gda_mps, PCR for mgr).
+    # (the finder maximises the classifier's CE / PCR on x_p; the classifier keeps the
+    # method's own synthetic loss, e.g. PCR for mgr).
     config.mps.finder_update = "meta"
     config.mps.log_hypergrad_cosine = False  # also compute the other hypergradient and log
                                              # their cosine (costs one more hypergradient).

@@ -134,8 +134,10 @@ def mps_step(state, batch, rng, frozen, *, ctx):
                 hypergrad.tree_norm(other) + 1e-30)
         else:
             hyper = pullback(hyper_x)[0]
-    else:  # ablation (Table 7): move the finder to maximise L_syn itself, no meta-learning.
-        hyper = pullback(-jax.grad(l_syn, argnums=1)(state.params, x01))[0]
+    else:  # ablation (Table 7): the finder maximises CE or PCR on x_p, no meta-learning.
+        g_x = jax.grad(ctx.finder_loss, argnums=2)(state.params, state.batch_stats, x01, y,
+                                                   k_aug)
+        hyper = pullback(-ctx.lam * g_x)[0]
     if cfg.meta_target == "finder" and cfg.kl_weight:
         kl, g_kl = jax.value_and_grad(lambda p: losses.kl_penalty(
             latents(p).reshape(z.shape[0], -1)))(phi)
@@ -191,6 +193,7 @@ class _Context:
     finder: Any = None
     meta_tx: Any = None
     aux_module: Any = None
+    finder_loss: Callable = None  # (params, batch_stats, x01, y, key) -> the loss F maximises
     data_sharding: Any = None
 
     def split_batch(self, arrays):
@@ -244,6 +247,10 @@ def build(config, *, model, tx, learning_rate_fn, num_classes, image_size, data_
     cfg = config.mps
     finder = Finder(arch=config.finder.arch, hidden_dim=config.finder.hidden_dim)
     ctx = dataclasses.replace(ctx, mps=cfg, finder=finder, meta_tx=optax.adam(cfg.finder_lr))
+    if cfg.finder_update != "meta":  # Table 7: CE (as GDA's) or PCR on x_p, whatever L_syn is.
+        finder_kind = {"max_ce": "gda", "max_pcr": "pcr"}[cfg.finder_update]
+        ctx = dataclasses.replace(ctx, finder_loss=functools.partial(
+            synthetic.synthetic_loss, finder_kind, model, aug_config=aug, uda_config=uda))
 
     def init_meta(rng):
         if cfg.meta_target == "generator":

@@ -329,7 +329,7 @@ def test_ablation_update_and_a_half_done_run_resumes(tmp_path):
     assert trainer(job.config, workdir, max_epochs_this_run=1) is None
     out = ablation_update.run(config, str(tmp_path), seeds=(0,),
                               variants=("max_ce", "max_pcr"), trainer=trainer)
-    assert [c[0] for c in trainer.calls] == ["gda_mps", "gda_mps", "mgr"]
+    assert [c[0] for c in trainer.calls] == ["mgr", "mgr", "mgr"]
     assert len(common.read_metrics(workdir)) == 2  # resumed at epoch 2, not restarted
     _check_cells(out["paths"]["ablation_update"], out["jobs"],
                  {"Test top-1 (%)": "test_top1", "Val top-1 (%)": "val_top1"})

@@ -31,14 +31,20 @@ def test_each_method_lowers_its_loss_on_a_fixed_batch(method):
     assert history[-1]["accuracy"] >= history[0]["accuracy"]
 
 
-def _replay_objective(config, model, state0, batch, rng):
-    """The first MGR step's draws rebuilt outside it: (CE(real) + lambda PCR(x_p(phi)) as a
-    function of (params, phi), the latents z)."""
-    from mgr_jax.finder import Finder
+def _replay_draws(config, rng):
+    """The first MPS step's generator, latents z, labels y_p and augmentation key."""
     from mgr_jax.generators import load_generator
     gen = load_generator(config.generator, 10)
     k_lat, k_aug = jax.random.split(jax.random.fold_in(rng, 0))
     z, y = synthetic.draw_latents(k_lat, gen, config.synthetic_batch_size, 10)
+    return gen, z, y, k_aug
+
+
+def _replay_objective(config, model, state0, batch, rng):
+    """The first MGR step's draws rebuilt outside it: (CE(real) + lambda PCR(x_p(phi)) as a
+    function of (params, phi), the latents z)."""
+    from mgr_jax.finder import Finder
+    gen, z, y, k_aug = _replay_draws(config, rng)
 
     def objective(params, phi):
         logits, _, _ = train.classifier_forward(model, params, state0.batch_stats,
@@ -110,9 +116,30 @@ def test_mps_hypergradient_is_the_meta_gradient_of_the_whole_objective(kind, rto
     assert _dist(got, want) < rtol * _dist(want, jax.tree.map(jnp.zeros_like, want))
 
 
+@pytest.mark.parametrize("update,loss_kind", [("max_ce", "gda"), ("max_pcr", "pcr")])
+def test_finder_without_meta_learning_ascends_its_loss(update, loss_kind):
+    """Table 7: the MGR classifier keeps PCR, the finder takes Adam's step along
+    +lambda grad_phi of CE (the paper's "w/ CE") or PCR of the classifier on x_p(phi)."""
+    config, model, m, state0, rng, batch = _setup("mgr", **{"mps.finder_update": update,
+                                                            "mps.kl_weight": 0.0})
+    state1, _ = jax.jit(m.train_step)(state0, batch, rng, m.frozen)
+    got = jax.tree.map(lambda mu: mu / 0.1, optax.tree_utils.tree_get(state1.meta["opt"], "mu"))
+
+    from mgr_jax.finder import Finder
+    gen, z, y, k_aug = _replay_draws(config, rng)
+
+    def finder_objective(phi):
+        x01 = synthetic.synthesize(gen, gen.params, Finder().apply(phi, z), y, 8)
+        return config.lambda_ * synthetic.synthetic_loss(loss_kind, model, state0.params,
+                                                         state0.batch_stats, x01, y, k_aug)
+    want = jax.tree.map(jnp.negative, jax.grad(finder_objective)(state0.meta["params"]))
+    assert _dist(got, want) < 1e-4 * _dist(want, jax.tree.map(jnp.zeros_like, want))
+
+
 @pytest.mark.parametrize("overrides,moves", [
     ({"mps.meta_target": "generator"}, "generator"),
     ({"mps.finder_update": "max_pcr"}, "finder"),
+    ({"mps.finder_update": "max_ce"}, "finder"),
     ({"mps.hypergradient": "finite_difference", "finder.arch": "linear"}, "finder"),
 ])
 def test_mps_ablations_update_what_they_say(overrides, moves):
