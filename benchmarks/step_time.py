@@ -55,6 +55,7 @@ import jax  # noqa: E402  (after the path set-up above)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.shapes import SHAPES  # noqa: E402
 from configs import default as default_config  # noqa: E402
 from mgr_jax import augment, methods, synthetic, train  # noqa: E402
 from mgr_jax.generators import load_generator  # noqa: E402
@@ -73,14 +74,6 @@ METHODS = {
     "mgr_fd": ("mgr", {"mps.hypergradient": "finite_difference"}),
 }
 
-SHAPES = {
-    "small": dict(image_size=16, width=0.25, cifar_stem=True, num_classes=10,
-                  gen_resolution=16, z_dim=64, w_dim=64, mapping_layers=2,
-                  channel_base=2048, channel_max=64),
-    "paper": dict(image_size=224, width=1.0, cifar_stem=False, num_classes=196,
-                  gen_resolution=64, z_dim=512, w_dim=512, mapping_layers=8,
-                  channel_base=8192, channel_max=256),
-}
 
 # Dense peak TFLOP/s (no sparsity) by device_kind substring, most specific first.
 # "tf32" is what float32 convolutions and matmuls reach at XLA's default precision on these

@@ -33,7 +33,11 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.shapes import SHAPES  # noqa: E402  (torch-free, JAX-free)
 
 # OpenMP threads that spin while waiting lose badly when other processes share the cores
 # (measured here: base step 120 ms at 1 thread, 400-1300 ms at 2 spinning threads, 200 ms at
@@ -45,14 +49,6 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.func import functional_call, grad  # noqa: E402
 
-SHAPES = {
-    "small": dict(image_size=16, width=0.25, cifar_stem=True, num_classes=10,
-                  gen_resolution=16, z_dim=64, w_dim=64, mapping_layers=2,
-                  channel_base=2048, channel_max=64),
-    "paper": dict(image_size=224, width=1.0, cifar_stem=False, num_classes=196,
-                  gen_resolution=64, z_dim=512, w_dim=512, mapping_layers=8,
-                  channel_base=8192, channel_max=256),
-}
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 LAMBDA = 1.0
