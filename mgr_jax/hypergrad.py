@@ -64,3 +64,20 @@ def mixed_hypergradient(inner_loss, theta, phi, v, inner_lr):
     def directional(p):
         return jax.jvp(lambda t: inner_loss(t, p), (theta,), (v,))[1]
     return jax.tree.map(lambda g: -inner_lr * g, jax.grad(directional)(phi))
+
+
+def inner_gradient_and_mixed(inner_loss, theta, phi, inner_lr):
+    """grad_theta inner(theta, phi) and v -> `mixed_hypergradient(inner_loss, theta, phi, v,
+    inner_lr)`, sharing one forward and backward pass (forward-over-reverse, jax.linearize).
+
+    The virtual step needs grad_theta inner; the exact hypergradient is the theta-tangent of
+    grad_phi inner along v. Linearising both gradients at (theta, phi) computes the forward
+    and backward pass once; the returned function evaluates only the tangent pass, and the
+    tangent of grad_theta, which nobody asks for, is dropped by dead-code elimination.
+    """
+    both = jax.grad(inner_loss, argnums=(0, 1))
+    (g_theta, _), tangent = jax.linearize(lambda t: both(t, phi), theta)
+
+    def hypergradient(v):
+        return jax.tree.map(lambda g: -inner_lr * g, tangent(v)[1])
+    return g_theta, hypergradient

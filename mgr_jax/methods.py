@@ -118,14 +118,23 @@ def mps_step(state, batch, rng, frozen, *, ctx):
     x01, pullback = jax.vjp(images, phi)
     metrics = {}
     if cfg.finder_update == "meta":
-        g_syn = jax.grad(l_syn)(state.params, x01)
+        if cfg.hypergradient == "exact" or cfg.log_hypergrad_cosine:
+            g_syn, exact = hypergrad.inner_gradient_and_mixed(l_syn, state.params, x01, eta)
+        else:
+            g_syn = jax.grad(l_syn)(state.params, x01)
         theta_v = jax.tree.map(lambda t, a, b: t - eta * (a + b), state.params, g_ce, g_syn)
         val_loss, v = jax.value_and_grad(_val_ce(ctx.model, state, batch))(theta_v)
-        hyper_x = _hypergradient(cfg, cfg.hypergradient, l_syn, state.params, x01, v, eta)
+
+        def hypergradient(kind):  # image space: d(meta loss)/d x_p
+            if kind == "exact":
+                return exact(v)
+            return hypergrad.finite_difference_hypergradient(l_syn, state.params, x01, v, eta,
+                                                             cfg.fd_eps)
+        hyper_x = hypergradient(cfg.hypergradient)
         metrics["meta_loss"] = val_loss
         if cfg.log_hypergrad_cosine:
-            other_x = _hypergradient(cfg, "finite_difference" if cfg.hypergradient == "exact"
-                                     else "exact", l_syn, state.params, x01, v, eta)
+            other_x = hypergradient("finite_difference" if cfg.hypergradient == "exact"
+                                    else "exact")
             # Compared on phi, where the update happens (one more pullback).
             hyper, other = pullback(hyper_x)[0], pullback(other_x)[0]
             metrics["hypergrad_cosine"] = hypergrad.tree_dot(hyper, other) / (
@@ -170,12 +179,6 @@ def _val_ce(model, state, batch):
                                                 batch["val_image"], True)
         return losses.cross_entropy(logits, batch["val_label"])
     return fn
-
-
-def _hypergradient(cfg, kind, l_syn, theta, phi, v, eta):
-    if kind == "exact":
-        return hypergrad.mixed_hypergradient(l_syn, theta, phi, v, eta)
-    return hypergrad.finite_difference_hypergradient(l_syn, theta, phi, v, eta, cfg.fd_eps)
 
 
 @dataclasses.dataclass(frozen=True)

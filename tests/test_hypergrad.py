@@ -106,6 +106,21 @@ def test_mixed_form_equals_the_generic_exact_hypergradient():
     np.testing.assert_allclose(mixed["s"], generic["s"], rtol=1e-4, atol=1e-7)
 
 
+def test_linearized_form_gives_the_inner_gradient_and_the_mixed_hypergradient():
+    """inner_gradient_and_mixed shares one pass: its gradient is grad_theta inner, and its
+    function of v is the reverse-over-forward mixed hypergradient for any v."""
+    inner, outer, theta, phi = _mlp_problem(alpha=0.7)
+    g_theta, hyper = hypergrad.inner_gradient_and_mixed(inner, theta, phi, 0.2)
+    want_g = jax.grad(inner)(theta, phi)
+    for k in want_g:
+        np.testing.assert_allclose(g_theta[k], want_g[k], rtol=1e-6)
+    for seed in (0, 1):
+        v = jax.tree.map(lambda t: jax.random.normal(jax.random.key(seed), t.shape), theta)
+        np.testing.assert_allclose(hyper(v)["s"],
+                                   hypergrad.mixed_hypergradient(inner, theta, phi, v, 0.2)["s"],
+                                   rtol=1e-5, atol=1e-8)
+
+
 def test_unknown_method_is_refused():
     inner, outer = quadratic_problem()
     with pytest.raises(ValueError, match="finite_difference"):
