@@ -76,18 +76,13 @@ def is_op(name):
 
 def profile(shape, name, generator, args, trace_dir):
     """Per kind of op: (total ms, number of ops) for one step of benchmark method `name`."""
-    config = step_time.make_config(shape, name, args)
-    num_classes = step_time.SHAPES[shape]["num_classes"]
-    _, method, state = step_time.build_method(config, generator, num_classes)
-    batch = step_time.make_batch(config, num_classes, method.needs_val)
-    rng = jax.random.key(1)
-    compiled = jax.jit(method.train_step, donate_argnums=(0,)).lower(
-        state, batch, rng, method.frozen).compile()
+    compiled, (state, batch, rng, frozen), _ = step_time.compile_method(shape, name, generator,
+                                                                        args)
     kinds = op_kinds(compiled.as_text())
-    state, metrics = compiled(state, batch, rng, method.frozen)
+    state, metrics = compiled(state, batch, rng, frozen)  # untimed: warms up the run
     jax.block_until_ready((state, metrics))
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-        jax.block_until_ready(compiled(state, batch, rng, method.frozen))
+        jax.block_until_ready(compiled(state, batch, rng, frozen))
     totals, counts = collections.Counter(), collections.Counter()
     for op, us in op_events(trace_dir):
         if is_op(op):

@@ -215,9 +215,9 @@ def time_compiled(fn, args_fn, warmup, iters):
     return statistics.median(times), times
 
 
-def prepare_method(shape, bench_method, generator, args):
-    """Build and compile one method's step; returns (info, run_one) where run_one() takes a
-    step (state donated, carried to the next call) and waits for it."""
+def compile_method(shape, bench_method, generator, args):
+    """One method's step, built as training builds it and compiled with the state donated:
+    (compiled, (state, batch, rng, frozen), compile seconds)."""
     config = make_config(shape, bench_method, args)
     num_classes = SHAPES[shape]["num_classes"]
     _, method, state = build_method(config, generator, num_classes)
@@ -226,12 +226,20 @@ def prepare_method(shape, bench_method, generator, args):
     step = jax.jit(method.train_step, donate_argnums=(0,))
     start = time.perf_counter()
     compiled = step.lower(state, batch, rng, method.frozen).compile()
-    info = {"compile_s": time.perf_counter() - start, "flops": flops_of(compiled)}
+    return compiled, (state, batch, rng, method.frozen), time.perf_counter() - start
+
+
+def prepare_method(shape, bench_method, generator, args):
+    """Build and compile one method's step; returns (info, run_one) where run_one() takes a
+    step (state donated, carried to the next call) and waits for it."""
+    compiled, (state, batch, rng, frozen), compile_s = compile_method(
+        shape, bench_method, generator, args)
+    info = {"compile_s": compile_s, "flops": flops_of(compiled)}
     holder = {"state": state}
 
     def run_one():
         # The donated input is gone after the call; carry the new state, as training does.
-        holder["state"], metrics = compiled(holder["state"], batch, rng, method.frozen)
+        holder["state"], metrics = compiled(holder["state"], batch, rng, frozen)
         jax.block_until_ready((holder["state"], metrics))
     return info, run_one
 
