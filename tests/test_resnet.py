@@ -1,4 +1,5 @@
 """The Flax ResNet family against torchvision's published sizes and layer conventions."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,3 +53,54 @@ def test_batchnorm_follows_pytorch_conventions():
 def test_unknown_arch_is_a_clear_error():
     with pytest.raises(ValueError, match="resnet18"):
         resnet.create_model("resnet19")
+
+
+def _lax_conv(x, kernel, stride, pad):
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+# (input size, kernel, stride): ResNet's last stage at 16x16 and 8x8 inputs, a strided
+# 3x3 whose output is smaller than its window, and a 7x7 stem on a small image.
+@pytest.mark.parametrize("size,k,stride", [(2, 3, 1), (4, 3, 2), (1, 3, 1), (5, 3, 2),
+                                           (4, 7, 2)])
+def test_patches_conv_equals_lax_convolution_in_value_and_gradients(size, k, stride):
+    kx, kk, kp = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (3, size, size, 5))
+    kernel = jax.random.normal(kk, (k, k, 5, 4))
+    pad = (k - 1) // 2
+    want = _lax_conv(x, kernel, stride, pad)
+    got = resnet.patches_conv(x, kernel, stride, pad)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    probe = jax.random.normal(kp, want.shape)
+    grads = [jax.grad(lambda a, b, f=f: jnp.sum(probe * f(a, b, stride, pad)), (0, 1))(x, kernel)
+             for f in (_lax_conv, resnet.patches_conv)]
+    for g_lax, g_patches in zip(*grads):
+        np.testing.assert_allclose(g_patches, g_lax, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size,stride,patches", [(2, 1, True), (4, 2, True), (4, 1, False),
+                                                 (8, 2, False)])
+def test_conv_uses_patches_only_where_the_window_exceeds_the_input_or_output(size, stride,
+                                                                            patches):
+    conv = resnet.Conv(6, 3, stride)
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 4))
+    v = conv.init(jax.random.key(1), x)
+    jaxpr = str(jax.make_jaxpr(conv.apply)(v, x))
+    assert ("conv_general_dilated" not in jaxpr) == patches
+    pad = 1
+    np.testing.assert_allclose(conv.apply(v, x), _lax_conv(x, v["params"]["kernel"], stride, pad),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_conv_parameters_are_flax_convs():
+    """Same name, shape and initial values as the nn.Conv it replaced (checkpoints load)."""
+    x = jnp.zeros((1, 8, 8, 3))
+    ours = resnet.Conv(16, 3, 2).init(jax.random.key(3), x)
+    flax_conv = nn.Conv(16, (3, 3), (2, 2), padding=((1, 1), (1, 1)), use_bias=False,
+                        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
+    theirs = flax_conv.init(jax.random.key(3), x)
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    np.testing.assert_array_equal(ours["params"]["kernel"], theirs["params"]["kernel"])
+    np.testing.assert_allclose(resnet.Conv(16, 3, 2).apply(ours, x + 1.0),
+                               flax_conv.apply(theirs, x + 1.0), rtol=1e-5, atol=1e-5)

@@ -8,6 +8,7 @@ import functools
 from typing import Sequence, Type
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -44,11 +45,52 @@ class TorchBatchNorm(nn.Module):
         return (x * mul.astype(self.dtype) + (bias - mean * mul).astype(self.dtype)).astype(self.dtype)
 
 
+def patches_conv(x, kernel, stride, pad):
+    """NHWC x HWIO convolution, symmetric zero padding, as one matrix product of patches.
+
+    The k*k shifted (strided) views of the padded input are concatenated on the channel axis
+    in the kernel's (row, column, input channel) order, so the kernel reshapes to a matrix.
+    """
+    k, _, cin, cout = kernel.shape
+    h, w = x.shape[1:3]
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    views = [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+             for i in range(k) for j in range(k)]
+    return jnp.concatenate(views, axis=-1) @ kernel.reshape(k * k * cin, cout)
+
+
+class Conv(nn.Module):
+    """Square convolution without bias, torchvision's symmetric padding; `kernel` is HWIO,
+    the same parameter as nn.Conv's.
+
+    Where the input or the output is smaller than the window (k*k > H*W: 3x3 on ResNet's last
+    stage at 16x16 inputs, whose activations are 2x2), XLA swaps the convolution's operands
+    (ConvOperandSwapper), and the swapped form, or its gradient, runs on the CPU in a generic
+    layout about 7x slower than the same arithmetic as patches @ kernel. Those convolutions
+    are computed by `patches_conv` (same values; tested against lax.conv_general_dilated).
+    """
+    features: int
+    kernel_size: int
+    stride: int = 1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        k, s = self.kernel_size, self.stride
+        kernel = self.param("kernel", nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                            (k, k, x.shape[-1], self.features), jnp.float32)
+        x, kernel, pad = x.astype(self.dtype), kernel.astype(self.dtype), (k - 1) // 2
+        h, w = x.shape[1:3]
+        out_area = ((h + 2 * pad - k) // s + 1) * ((w + 2 * pad - k) // s + 1)
+        if k > 1 and min(h * w, out_area) < k * k:
+            return patches_conv(x, kernel, s, pad)
+        return jax.lax.conv_general_dilated(x, kernel, (s, s), ((pad, pad), (pad, pad)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 def _conv(features, kernel, stride, name, dtype):
-    pad = (kernel - 1) // 2
-    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
-                   use_bias=False, dtype=dtype, name=name,
-                   kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
+    return Conv(features, kernel, stride, dtype, name=name)
 
 
 class BasicBlock(nn.Module):
