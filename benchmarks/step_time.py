@@ -11,6 +11,9 @@ On a 2-core CPU the paper shape at batch 64 takes far too long; there use e.g.
 Each method's `train_step` (mgr_jax.methods.build, as training uses it) is jitted with the
 state donated, compiled once, then run `--warmup` times untimed and `--iters` times timed;
 every step waits for its outputs (block_until_ready) and the table reports the median.
+Each ratio is the ratio of the medians; next to it, the range of the per-round ratios shows
+how much the machine moved it (on a 2-core CPU at 224x224 batch 64, whose steps hold most
+of the memory, single rounds of exact/FD ranged 0.95-1.19 in one run).
 All methods run in one process on the same device, compiled first and then timed
 interleaved (each round runs one step of every method), so their ratios compare like with
 like even when other processes load the machine.
@@ -375,12 +378,18 @@ def print_table(shape, result, peak, peak_label):
                                 ("gda / base", "gda", "base", None)):
         if a in ms and b in ms:
             value = ms[a] / ms[b]
+            per_round = [ta / tb for ta, tb in zip(rows[a]["step_times_s"],
+                                                   rows[b]["step_times_s"])]
+            spread = (f"  rounds {min(per_round):.2f}-{max(per_round):.2f}"
+                      if len(per_round) > 1 else "")
             verdict = "" if target is None else (
                 f"  target <= {target:g}: {'met' if value <= target else 'MISSED'}")
+            if target is not None and min(per_round) <= target < max(per_round):
+                verdict += " (the rounds straddle it)"
             t_value = ""
             if a in torch_rows and b in torch_rows:
                 t_value = f"   (torch {torch_rows[a]['step_s'] / torch_rows[b]['step_s']:.2f})"
-            print(f"  {label:<20} {value:6.2f}{verdict}{t_value}")
+            print(f"  {label:<20} {value:6.2f}{spread}{verdict}{t_value}")
     if pieces:
         print("pieces (one call each; units = classifier forward on the real batch):")
         for name, p in pieces.items():
