@@ -45,6 +45,11 @@ class TorchBatchNorm(nn.Module):
         return (x * mul.astype(self.dtype) + (bias - mean * mul).astype(self.dtype)).astype(self.dtype)
 
 
+def _out_size(size, k, stride, pad):
+    """Output length of a convolution along one spatial axis (symmetric padding)."""
+    return (size + 2 * pad - k) // stride + 1
+
+
 def patches_conv(x, kernel, stride, pad):
     """NHWC x HWIO convolution, symmetric zero padding, as one matrix product of patches.
 
@@ -53,7 +58,7 @@ def patches_conv(x, kernel, stride, pad):
     """
     k, _, cin, cout = kernel.shape
     h, w = x.shape[1:3]
-    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    ho, wo = _out_size(h, k, stride, pad), _out_size(w, k, stride, pad)
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     views = [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
              for i in range(k) for j in range(k)]
@@ -82,7 +87,7 @@ class Conv(nn.Module):
                             (k, k, x.shape[-1], self.features), jnp.float32)
         x, kernel, pad = x.astype(self.dtype), kernel.astype(self.dtype), (k - 1) // 2
         h, w = x.shape[1:3]
-        out_area = ((h + 2 * pad - k) // s + 1) * ((w + 2 * pad - k) // s + 1)
+        out_area = _out_size(h, k, s, pad) * _out_size(w, k, s, pad)
         if k > 1 and min(h * w, out_area) < k * k:
             return patches_conv(x, kernel, s, pad)
         return jax.lax.conv_general_dilated(x, kernel, (s, s), ((pad, pad), (pad, pad)),
