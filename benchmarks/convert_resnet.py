@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402  (after the path set-up above)
 
-from converters import torch_pickle, torchvision_resnet  # noqa: E402
+from converters import pickle_writer, torch_pickle, torchvision_resnet  # noqa: E402
 
 
 def random_state_dict(arch, num_classes, seed=0):
@@ -45,7 +45,7 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, f"{args.arch}.pth")
-        torch_pickle.save(path, random_state_dict(args.arch, args.num_classes))
+        pickle_writer.save(path, random_state_dict(args.arch, args.num_classes))
         size_mb = os.path.getsize(path) / 2 ** 20
         times = []
         for _ in range(max(1, args.repeats)):

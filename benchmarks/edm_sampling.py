@@ -33,13 +33,14 @@ FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def fixture_network(path):
     """(module, variables, source) from the fixture, or its configuration with random weights."""
     import jax
-    from mgr_jax.generators import edm
+
+    from mgr_jax.models import edm as edm_net
 
     if os.path.isfile(path):
         from converters import edm as edm_converter
         module, variables = edm_converter.convert(path)
         return module, variables, "fixture weights"
-    module = edm.build(img_resolution=16, img_channels=3, label_dim=10, model_channels=16,
+    module = edm_net.build(img_resolution=16, img_channels=3, label_dim=10, model_channels=16,
                        channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8], dropout=0.0)
     x = np.zeros((1, 16, 16, 3), np.float32)
     variables = jax.jit(module.init)(jax.random.PRNGKey(0), x, np.ones(1, np.float32),
@@ -76,7 +77,9 @@ def main():
 
     import jax
     import jax.numpy as jnp
+
     from mgr_jax.generators import edm
+
 
     module, variables, source = fixture_network(args.fixture)
     rng = np.random.default_rng(0)

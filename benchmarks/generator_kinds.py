@@ -36,6 +36,9 @@ import jax.numpy as jnp  # noqa: E402
 from benchmarks import step_time  # noqa: E402
 from mgr_jax.generators import biggan, edm, fastgan  # noqa: E402
 from mgr_jax.generators.base import Generator  # noqa: E402
+from mgr_jax.models import biggan as biggan_net  # noqa: E402
+from mgr_jax.models import edm as edm_net  # noqa: E402
+from mgr_jax.models import fastgan as fastgan_net  # noqa: E402
 
 KINDS = ("stylegan2_ada", "biggan", "fastgan", "edm")
 BIGGAN_FIXTURE = dict(resolution=32, n_classes=10, G_ch=16, dim_z=32, shared_dim=16, hier=True,
@@ -64,19 +67,19 @@ def build(kind, key, edm_steps=18):
         args = argparse.Namespace(generator="stylegan2", gen_dtype="float32")
         return step_time.make_generator("small", args)
     if kind == "biggan":
-        module = biggan.BigGAN(**BIGGAN_FIXTURE)
+        module = biggan_net.BigGAN(**BIGGAN_FIXTURE)
         variables = random_variables(module.init, key, jnp.zeros((1, module.latent_dim)),
                                      jnp.zeros(1, jnp.int32))
         return Generator(biggan.make_sample_fn(module), variables, (module.latent_dim,),
                          module.n_classes, module.resolution, kind)
     if kind == "fastgan":
-        module = fastgan.FastGAN(**FASTGAN_FIXTURE)
+        module = fastgan_net.FastGAN(**FASTGAN_FIXTURE)
         variables = random_variables(lambda k, z: module.init({"params": k, "noise": k}, z),
                                      key, jnp.zeros((1, module.nz)))
         return Generator(fastgan.make_sample_fn(module, "const"), variables, (module.nz,), 0,
                          module.im_size, kind)
     if kind == "edm":
-        module = edm.build(**EDM_FIXTURE)
+        module = edm_net.build(**EDM_FIXTURE)
         res, ch = module.img_resolution, module.img_channels
         variables = random_variables(module.init, key, jnp.zeros((1, res, res, ch)),
                                      jnp.ones((1,)), jnp.zeros((1, module.label_dim)))

@@ -8,7 +8,7 @@ training pipeline (decode + RandomResizedCrop + flip + augmentation + normalise)
     - in the main process with one thread (per-core cost, to extrapolate to other hosts);
     - with `--workers` grain worker processes (the default configuration).
 Startup (first batch, including starting the workers) is reported apart from the steady
-rate. Then it times the jitted base `train.train_step` of a full-width ResNet-18 at 224x224
+rate. Then it times the jitted base `classifier.train_step` of a full-width ResNet-18 at 224x224
 on this machine's default JAX device and prints the ratio supply / demand (above 1: the
 pipeline keeps up).
 """
@@ -25,7 +25,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import imagefolder  # noqa: E402
-from mgr_jax import datasets  # noqa: E402
+from mgr_jax.data import loader  # noqa: E402
 
 AUGMENTS = ("none", "randaugment", "trivialaugment", "augmix")
 
@@ -55,7 +55,7 @@ def pipeline_rate(root, augment, workers, threads, batch_size, epochs):
     config.data.num_threads = threads
     config.batch_size = batch_size
     config.num_epochs = epochs
-    pipe = datasets.create_pipeline(config)
+    pipe = loader.create_pipeline(config)
     start = time.perf_counter()
     first, count = None, 0
     for epoch in range(1, epochs + 1):
@@ -75,13 +75,13 @@ def model_demand(batch_size, steps):
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
-    from mgr_jax import train  # noqa: PLC0415
+    from mgr_jax import classifier  # noqa: PLC0415
     config = imagefolder.get_config()
-    model = train.create_model(config, num_classes=100)
-    lr_fn = train.create_learning_rate_fn(config, 100)
-    tx = train.create_optimizer(config, lr_fn)
-    state = train.create_train_state(jax.random.key(0), model, tx, 224)
-    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+    model = classifier.create_model(config, num_classes=100)
+    lr_fn = classifier.create_learning_rate_fn(config, 100)
+    tx = classifier.create_optimizer(config, lr_fn)
+    state = classifier.create_train_state(jax.random.key(0), model, tx, 224)
+    step = jax.jit(functools.partial(classifier.train_step, model=model, tx=tx,
                                      learning_rate_fn=lr_fn), donate_argnums=(0,))
     rng = np.random.default_rng(0)
     batch = {"image": jnp.asarray(rng.normal(size=(batch_size, 224, 224, 3)), jnp.float32),

@@ -96,7 +96,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default="small", help="small or paper (one shape)")
     parser.add_argument("--methods", default="mgr_exact,mgr_fd",
-                        help=f"comma list of {sorted(step_time.METHODS)}")
+                        help=f"comma list of {sorted(step_time.VARIANTS)}")
     parser.add_argument("--batch", type=int, default=64, help="real, synthetic and D_val batch")
     parser.add_argument("--generator", default="stylegan2",
                         choices=("stylegan2", "random", "shipped"))
@@ -109,8 +109,8 @@ def main(argv=None):
         parser.error("--generator shipped is the digits generator: --shapes small")
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in names:
-        if m not in step_time.METHODS:
-            parser.error(f"unknown method {m!r}; choose from {sorted(step_time.METHODS)}")
+        if m not in step_time.VARIANTS:
+            parser.error(f"unknown method {m!r}; choose from {sorted(step_time.VARIANTS)}")
     # The step_time settings this script does not expose.
     args.syn_batch, args.dtype, args.gen_dtype = 0, "float32", "float32"
     args.paper_gen_res, args.paper_gen_channels = 0, ""

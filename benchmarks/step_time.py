@@ -60,16 +60,18 @@ import numpy as np  # noqa: E402
 
 from benchmarks.shapes import SHAPES  # noqa: E402
 from configs import default as default_config  # noqa: E402
-from mgr_jax import augment, methods, synthetic, train  # noqa: E402
-from mgr_jax.generators import load_generator  # noqa: E402
+from mgr_jax import classifier, methods, synthetic, synthetic_augment  # noqa: E402
+from mgr_jax.generators import (
+    load_generator,  # noqa: E402
+    tiny,  # noqa: E402
+)
 from mgr_jax.generators import stylegan2_ada as sg_generator  # noqa: E402
-from mgr_jax.generators import tiny  # noqa: E402
 from mgr_jax.models import stylegan2  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Benchmark name -> (config.method, config overrides).
-METHODS = {
+VARIANTS = {
     "base": ("base", {}),
     "gda": ("gda", {}),
     "pcr": ("pcr", {}),
@@ -123,7 +125,7 @@ def make_config(shape, bench_method, args):
     """configs/default.py with the shape's model and the method's settings."""
     spec = SHAPES[shape]
     config = default_config.get_config()
-    method, overrides = METHODS[bench_method]
+    method, overrides = VARIANTS[bench_method]
     config.method = method
     config.batch_size = args.batch
     config.synthetic_batch_size = args.syn_batch or args.batch
@@ -181,14 +183,14 @@ def generator_description(shape, args):
 
 def build_method(config, generator, num_classes):
     """(model, method, state) as train.setup builds them, with our generator and no dataset."""
-    model = train.create_model(config, num_classes)
-    lr_fn = train.create_learning_rate_fn(config, steps_per_epoch=100)
-    tx = train.create_optimizer(config, lr_fn)
+    model = classifier.create_model(config, num_classes)
+    lr_fn = classifier.create_learning_rate_fn(config, steps_per_epoch=100)
+    tx = classifier.create_optimizer(config, lr_fn)
     method = methods.build(config, model=model, tx=tx, learning_rate_fn=lr_fn,
                            num_classes=num_classes, image_size=config.data.image_size,
                            generator=generator)
     init_rng, meta_rng = jax.random.split(jax.random.key(config.seed))
-    state = train.create_train_state(init_rng, model, tx, config.data.image_size,
+    state = classifier.create_train_state(init_rng, model, tx, config.data.image_size,
                                      meta=method.init_meta(meta_rng))
     return model, method, state
 
@@ -274,7 +276,7 @@ def piece_costs(shape, generator, args):
     """FLOPs and seconds of the pieces: classifier fwd / fwd+bwd, generator, T, T fwd+bwd."""
     config = make_config(shape, "pcr", args)
     num_classes = SHAPES[shape]["num_classes"]
-    model = train.create_model(config, num_classes)
+    model = classifier.create_model(config, num_classes)
     s = config.data.image_size
     variables = model.init(jax.random.key(0), jnp.zeros((1, s, s, 3)), train=False)
     b, sb = config.batch_size, config.synthetic_batch_size
@@ -300,7 +302,7 @@ def piece_costs(shape, generator, args):
         return jax.grad(lambda v: jnp.sum(gen(v)))(w)
 
     def aug(images):
-        return augment.rand_augment(key, images, **aug_kw)
+        return synthetic_augment.rand_augment(key, images, **aug_kw)
 
     def aug_fwd_bwd(images):
         return jax.grad(lambda im: jnp.sum(aug(im)))(images)
@@ -402,7 +404,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", default="small,paper", help="small, paper or both")
     parser.add_argument("--methods", default="base,pcr,mgr_exact,mgr_fd",
-                        help=f"comma list of {sorted(METHODS)}")
+                        help=f"comma list of {sorted(VARIANTS)}")
     parser.add_argument("--batch", type=int, default=64, help="real (and D_val) batch")
     parser.add_argument("--syn-batch", type=int, default=0, help="synthetic batch; 0 = --batch")
     parser.add_argument("--paper-batch", type=int, default=0,
@@ -432,8 +434,8 @@ def main(argv=None):
     peak, peak_label = peak_flops(device, args.dtype)
     methods_run = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods_run:
-        if m not in METHODS:
-            parser.error(f"unknown method {m!r}; choose from {sorted(METHODS)}")
+        if m not in VARIANTS:
+            parser.error(f"unknown method {m!r}; choose from {sorted(VARIANTS)}")
     print(f"device: {device.platform} ({device.device_kind}), jax {jax.__version__}, "
           f"{os.cpu_count()} cores visible; peak: {peak_label}")
     report = {"device": {"platform": device.platform, "device_kind": device.device_kind,

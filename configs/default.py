@@ -56,7 +56,7 @@ def get_config():
     # Seed of every split (test, D / D_val, subset): fixed so all runs see the same data.
     config.data.split_seed = 0
     # Real-data augmentation: none, randaugment, trivialaugment, augmix (torchvision's
-    # settings, mgr_jax/real_augment.py); combinable with every method.
+    # settings, mgr_jax/data/real_augment.py); combinable with every method.
     config.data.augment = "none"
     # Where a paper dataset's archives are prepared once into tfds array_record files;
     # "" = <data.manual_dir>/prepared (docs/datasets.md).

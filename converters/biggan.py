@@ -26,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters import torch_pickle
+from converters.errors import ConversionError
 from mgr_jax import variables_io
-from mgr_jax.generators.biggan import _ARCH_MULTIPLIERS, BigGAN
+from mgr_jax.models.biggan import _ARCH_MULTIPLIERS, BigGAN
 
 # Official Generator defaults for the settings the module uses.
 OFFICIAL_DEFAULTS = {
@@ -43,9 +44,6 @@ _TRAINING_ONLY = {
 }
 _BLOCKS_TO_RES = {len(m[0]): r for r, m in _ARCH_MULTIPLIERS.items()}
 
-
-class ConversionError(ValueError):
-    """A checkpoint that does not fit the requested BigGAN settings."""
 
 
 def _read_kwargs(kwargs_json, kwargs):

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters import torch_pickle
+from converters.errors import ConversionError
 from mgr_jax import variables_io
-from mgr_jax.generators import edm
+from mgr_jax.models import edm
 
 _PERSISTENT = "torch_utils.persistence._reconstruct_persistent_obj"
 _MODULE_DICT = "torch.nn.modules.container.ModuleDict"
@@ -34,16 +35,12 @@ _EASY_DICT = "dnnlib.util.EasyDict"
 _SONGUNET_BLOCK = dict(num_heads=1, eps=1e-6, resample_proj=True, adaptive_scale=False)
 
 
-class CheckpointFormatError(torch_pickle.CheckpointFormatError):
-    """The file unpickled, but is not an EDM snapshot this converter understands."""
-
-
 class _Persistent:
     """What a persistent object becomes here: its class name, state and init kwargs only."""
 
     def __init__(self, meta):
         if not isinstance(meta, dict) or "state" not in meta or "class_name" not in meta:
-            raise CheckpointFormatError("a persistent object without class_name/state")
+            raise ConversionError("a persistent object without class_name/state")
         self.class_name = str(meta["class_name"])
         self.state = meta["state"]
         kwargs = self.state.get("_init_kwargs", {}) if isinstance(self.state, dict) else {}
@@ -75,7 +72,7 @@ def _module_state(obj):
     """The __dict__ recorded for a non-persistent torch module (ModuleDict)."""
     state = getattr(obj, "state", None)
     if not isinstance(state, dict):
-        raise CheckpointFormatError(f"cannot read the state of {type(obj).__name__}")
+        raise ConversionError(f"cannot read the state of {type(obj).__name__}")
     return state
 
 
@@ -129,29 +126,29 @@ def _check_layers(records):
     for path, rec in records:
         kw, kind = rec.init_kwargs, rec.short_name
         if kind not in known:
-            raise CheckpointFormatError(f"{path}: unsupported layer {rec.class_name}")
+            raise ConversionError(f"{path}: unsupported layer {rec.class_name}")
         if kind == "UNetBlock":
             for key, want in _SONGUNET_BLOCK.items():
                 if key in kw and kw[key] != want:
-                    raise CheckpointFormatError(
+                    raise ConversionError(
                         f"{path}: UNetBlock {key}={kw[key]!r}, the port supports {want!r}")
             if "skip_scale" in kw and not np.isclose(float(kw["skip_scale"]), np.sqrt(0.5)):
-                raise CheckpointFormatError(f"{path}: UNetBlock skip_scale {kw['skip_scale']}")
+                raise ConversionError(f"{path}: UNetBlock skip_scale {kw['skip_scale']}")
         if kind == "GroupNorm":
             if (kw.get("eps", 1e-5) != 1e-6 or kw.get("num_groups", 32) != 32
                     or kw.get("min_channels_per_group", 4) != 4):
-                raise CheckpointFormatError(f"{path}: GroupNorm settings {kw} (SongUNet uses "
+                raise ConversionError(f"{path}: GroupNorm settings {kw} (SongUNet uses "
                                             "eps 1e-6, 32 groups, 4 channels per group)")
         if kind == "PositionalEmbedding":
             if kw.get("max_positions", 10000) != 10000 or kw.get("endpoint", False) is not True:
-                raise CheckpointFormatError(f"{path}: PositionalEmbedding settings {kw}")
+                raise ConversionError(f"{path}: PositionalEmbedding settings {kw}")
 
 
 def _settings_from(ema):
     """Constructor kwargs for `edm.build` from the recorded EDMPrecond init kwargs."""
     if not isinstance(ema, _Persistent) or ema.short_name != "EDMPrecond":
         got = ema.class_name if isinstance(ema, _Persistent) else type(ema).__name__
-        raise CheckpointFormatError(f"snapshot['ema'] is {got}, expected an EDMPrecond")
+        raise ConversionError(f"snapshot['ema'] is {got}, expected an EDMPrecond")
     kw = dict(ema.init_kwargs)
     args = ema.state.get("_init_args", ()) or ()
     if args:
@@ -161,7 +158,7 @@ def _settings_from(ema):
                  "sigma_max", "sigma_data", "model_type"]
         kw.update(dict(zip(names, args)))
     if kw.get("model_type", "DhariwalUNet") != "SongUNet":
-        raise CheckpointFormatError(
+        raise ConversionError(
             f"model_type {kw.get('model_type', 'DhariwalUNet')!r}: only SongUNet (DDPM++ / "
             "NCSN++) networks are supported")
     for key in ("sigma_data", "sigma_min", "sigma_max"):
@@ -170,7 +167,7 @@ def _settings_from(ema):
             kw[key] = float(ema.state[key])
     unknown = sorted(set(kw) - set(edm.SONGUNET_DEFAULTS))
     if unknown:
-        raise CheckpointFormatError(f"EDMPrecond settings the port does not know: {unknown}")
+        raise ConversionError(f"EDMPrecond settings the port does not know: {unknown}")
     out = {}
     for key, value in kw.items():
         if isinstance(value, np.generic):
@@ -196,9 +193,9 @@ def _assemble(module, tensors):
         path = _flax_path(name, array.ndim)
         value = _to_flax(np.asarray(array, np.float32))
         if path not in wanted:
-            raise CheckpointFormatError(f"tensor {name} {array.shape} has no place in the port")
+            raise ConversionError(f"tensor {name} {array.shape} has no place in the port")
         if tuple(value.shape) != tuple(wanted[path]):
-            raise CheckpointFormatError(
+            raise ConversionError(
                 f"tensor {name}: shape {array.shape} does not fit {'/'.join(path)} "
                 f"{wanted[path]}")
         node = variables
@@ -208,7 +205,7 @@ def _assemble(module, tensors):
         seen.add(path)
     missing = sorted("/".join(p) for p in set(wanted) - seen)
     if missing:
-        raise CheckpointFormatError(f"snapshot lacks {len(missing)} tensors, e.g. {missing[0]}")
+        raise ConversionError(f"snapshot lacks {len(missing)} tensors, e.g. {missing[0]}")
     return variables
 
 
@@ -219,7 +216,7 @@ def _check_filters(tensors, resample_filter):
         if name.endswith("resample_filter"):
             got = np.asarray(array, np.float32).reshape(array.shape[-2:])
             if got.shape != want.shape or not np.allclose(got, want, atol=1e-7):
-                raise CheckpointFormatError(f"{name} differs from resample_filter "
+                raise ConversionError(f"{name} differs from resample_filter "
                                             f"{list(resample_filter)}")
 
 
@@ -240,7 +237,7 @@ def read_snapshot(path, key="ema"):
             keys = keys if len(keys) <= 8 else keys[:8] + [f"... {len(keys) - 8} more"]
         else:
             keys = type(data).__name__
-        raise CheckpointFormatError(f"{path}: not an EDM snapshot (no {key!r} entry; has {keys})")
+        raise ConversionError(f"{path}: not an EDM snapshot (no {key!r} entry; has {keys})")
     return data[key]
 
 
@@ -254,8 +251,8 @@ def convert(path, key="ema"):
         tensors = _tensors(net)
         _check_filters(tensors, module.resample_filter)
         return module, _assemble(module, tensors)
-    except CheckpointFormatError as e:
-        raise CheckpointFormatError(f"{path}: {e}") from None
+    except ConversionError as e:
+        raise ConversionError(f"{path}: {e}") from None
 
 
 def save(path, out_dir, key="ema"):
@@ -271,7 +268,7 @@ def load_converted(out_dir):
     """(module, variables) from a directory written by `save` / the command line."""
     variables, meta = variables_io.load_variables(out_dir)
     if meta.get("kind") != "edm":
-        raise CheckpointFormatError(f"{out_dir} holds a {meta.get('kind')!r} conversion, "
+        raise ConversionError(f"{out_dir} holds a {meta.get('kind')!r} conversion, "
                                     "not an EDM network")
     module = edm.build(**meta["module_kwargs"])
     variables = jax.tree.map(lambda a: np.asarray(a, np.float32), variables)
@@ -290,7 +287,7 @@ def main(argv=None):
     try:
         meta = save(args.snapshot, args.out_dir, args.key)
     except (torch_pickle.UnsafePickleError, torch_pickle.CheckpointFormatError,
-            OSError, ValueError, NotImplementedError) as e:
+            OSError, ValueError, NotImplementedError) as e:  # ConversionError is a ValueError
         # Every error names the file already; keep the message to one line.
         print(f"error: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
         return 1

@@ -25,9 +25,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters import torch_pickle
+from converters.errors import ConversionError
 from mgr_jax import variables_io
-from mgr_jax.generators.fastgan import (BLOCK_LAYERS, LAYER_BUFFERS, LAYER_PARAMS, FastGAN,
-                                        flax_layer_path, layout, parameter_names)
+from mgr_jax.models.fastgan import (
+    BLOCK_LAYERS,
+    LAYER_BUFFERS,
+    LAYER_PARAMS,
+    FastGAN,
+    flax_layer_path,
+    layout,
+    parameter_names,
+)
 
 # (torch leaf, Flax collection, Flax leaf) for each layer kind; num_batches_tracked is dropped.
 _LEAVES = {
@@ -40,9 +48,6 @@ _LEAVES = {
     "noise": (("weight", "params", "weight"),),
 }
 
-
-class ConversionError(ValueError):
-    """A file that is not a FastGAN generator checkpoint this converter understands."""
 
 
 def _strip(sd):

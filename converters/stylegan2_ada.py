@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mgr_jax import variables_io
+from converters import torch_pickle
+from mgr_jax import files, variables_io
 from mgr_jax.models import stylegan2
 
 KIND = "stylegan2_ada"
@@ -204,7 +205,6 @@ def _state_dict_of(obj, prefix=""):
 
 def read_checkpoint(path, key="G_ema"):
     """(state_dict, init_kwargs, num_ws) from a snapshot .pkl; (state_dict, None, None) else."""
-    from converters import torch_pickle  # imported here: the rest works without the reader
 
     obj = torch_pickle.load(path, extra_globals=_extra_globals())
     if isinstance(obj, dict) and key in obj:
@@ -283,14 +283,8 @@ def sample_grid(module, variables, rng, cols=8, max_rows=16, truncation_psi=1.0)
 
 
 def write_samples_png(path, grid):
-    """Save a uint8 (H, W, C) grid with Pillow (C 1 -> grey, 3 -> RGB)."""
-    from PIL import Image
-
-    if grid.shape[-1] == 1:
-        grid = grid[..., 0]
-    elif grid.shape[-1] != 3:
-        grid = grid[..., :3]  # e.g. RGBA-like extra channels: show the first three
-    Image.fromarray(grid).save(path)
+    """Save a uint8 (H, W, C) grid as a PNG (C 1 -> grey, 3 or more -> RGB of the first three)."""
+    files.write_png(path, grid)
 
 
 def main(argv=None):

@@ -24,10 +24,9 @@ Public API:
     loads_legacy_bytes(data, extra_globals=None) -> object
     record_object(name) -> class;  record_globals(*names) -> {name: class}
     RecordedObject, UnsafePickleError, CheckpointFormatError
-    save(path, obj, legacy=False), dumps_legacy(obj), dumps_plain(obj) with the markers
-    Storage, TensorView, Global, Reduce, Instance, PersistentId: a small torch-free writer of
-    the same formats (numpy arrays become tensors), for tests, benchmarks and synthetic
-    checkpoints.
+
+`converters.torch_tensors` rebuilds storages and tensors; `converters.pickle_writer` writes the
+same formats without torch (tests, benchmarks, synthetic checkpoints).
 """
 import collections
 import io
@@ -39,141 +38,22 @@ import zipfile
 
 import numpy as np
 
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_LEGACY_PROTOCOL = 1001
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-class UnsafePickleError(Exception):
-    """The pickle names a global outside the allow-list (nothing of it was imported or run)."""
+from converters import torch_tensors as tt
+from converters.errors import CheckpointFormatError, FormatProblem, UnsafePickleError
 
-
-class CheckpointFormatError(Exception):
-    """The file is truncated, corrupt or not a PyTorch checkpoint / pickle."""
-
-
-class _FormatProblem(Exception):
-    """Internal: a format problem; `load` adds the file name and re-raises CheckpointFormatError."""
-
+__all__ = ["CheckpointFormatError", "RecordedObject", "UnsafePickleError", "load",
+           "loads_legacy_bytes", "record_globals", "record_object"]
 
 # Exceptions that a damaged stream can raise from inside the unpickler or zip reader.
-_DAMAGE = (_FormatProblem, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, lzma.LZMAError,
+_DAMAGE = (FormatProblem, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, lzma.LZMAError,
            struct.error, ValueError, KeyError, IndexError, TypeError, AttributeError,
            UnicodeDecodeError, OverflowError)
-
-
-# ---------------------------------------------------------------------------------------------
-# Storages and tensors
-
-
-class _StorageType:
-    """What a storage-class global (e.g. `torch.FloatStorage`) stands for: its element dtype."""
-
-    def __init__(self, name, dtype):
-        self.name = name
-        self.dtype = dtype  # a numpy dtype string, or "bfloat16"
-
-    @property
-    def itemsize(self):
-        """Bytes per element in the file."""
-        return 2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize
-
-    def __repr__(self):
-        return f"<storage type {self.name}>"
-
-
-_STORAGE_DTYPES = {
-    "FloatStorage": "<f4", "DoubleStorage": "<f8", "HalfStorage": "<f2",
-    "BFloat16Storage": "bfloat16", "LongStorage": "<i8", "IntStorage": "<i4",
-    "ShortStorage": "<i2", "CharStorage": "i1", "ByteStorage": "u1", "BoolStorage": "?",
-    "ComplexFloatStorage": "<c8", "ComplexDoubleStorage": "<c16", "UntypedStorage": "u1",
-}
-
-# torch dtype globals (named by `_rebuild_tensor_v3`, which is used with untyped storages).
-_TORCH_DTYPES = {
-    "float32": "<f4", "float": "<f4", "float64": "<f8", "double": "<f8", "float16": "<f2",
-    "half": "<f2", "bfloat16": "bfloat16", "int64": "<i8", "long": "<i8", "int32": "<i4",
-    "int": "<i4", "int16": "<i2", "short": "<i2", "int8": "i1", "uint8": "u1", "bool": "?",
-    "uint16": "<u2", "uint32": "<u4", "uint64": "<u8", "complex64": "<c8",
-    "complex128": "<c16",
-}
-
-
-class _TorchDtype:
-    """What a torch dtype global (e.g. `torch.float32`) stands for."""
-
-    def __init__(self, name, dtype):
-        self.name = name
-        self.dtype = dtype
-
-    def __repr__(self):
-        return f"<torch dtype {self.name}>"
-
-
-def _storage_array(buf, dtype, numel, big_endian=False):
-    """Raw bytes -> 1-D numpy array (numel,) of `dtype` (bfloat16 widened to float32)."""
-    numel = int(numel)
-    itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
-    if numel < 0 or len(buf) < numel * itemsize:
-        raise _FormatProblem(f"storage holds {len(buf)} bytes, {numel} x {itemsize} expected "
-                             "(truncated?)")
-    if dtype == "bfloat16":
-        raw = np.frombuffer(buf, ">u2" if big_endian else "<u2", count=numel).astype(np.uint32)
-        # bfloat16 is the upper half of a float32: shifting it up is exact.
-        return (raw << 16).view(np.float32)
-    dt = np.dtype(dtype)
-    if big_endian and dt.itemsize > 1 and dt.kind != "b":
-        dt = dt.newbyteorder(">")
-    arr = np.frombuffer(buf, dt, count=numel)
-    return arr.astype(arr.dtype.newbyteorder("=")) if big_endian else arr
-
-
-def _tensor_from_storage(storage, storage_offset, size, stride):
-    """A storage (1-D array) viewed with size/stride/offset -> a C-contiguous copy of shape size."""
-    if not isinstance(storage, np.ndarray) or storage.ndim != 1:
-        raise _FormatProblem(f"tensor built over {type(storage).__name__}, not a storage")
-    size = tuple(int(s) for s in size)
-    stride = tuple(int(s) for s in stride)
-    offset = int(storage_offset)
-    if len(size) != len(stride) or any(s < 0 for s in size + stride) or offset < 0:
-        raise _FormatProblem(f"bad tensor geometry: size {size}, stride {stride}, offset {offset}")
-    if 0 in size:
-        return np.zeros(size, storage.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if last >= storage.shape[0]:
-        raise _FormatProblem(f"tensor of size {size} stride {stride} offset {offset} reaches "
-                             f"past its storage of {storage.shape[0]} elements")
-    base = storage[offset:]
-    view = np.lib.stride_tricks.as_strided(
-        base, shape=size, strides=tuple(s * base.itemsize for s in stride), writeable=False)
-    return np.array(view, order="C")
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
-    """torch._utils._rebuild_tensor{,_v2}: (storage, offset, size, stride, ...) -> array."""
-    return _tensor_from_storage(storage, storage_offset, size, stride)
-
-
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks,
-                       dtype, metadata=None):
-    """torch._utils._rebuild_tensor_v3: an untyped (byte) storage reinterpreted as `dtype`."""
-    if not isinstance(dtype, _TorchDtype):
-        raise _FormatProblem(f"_rebuild_tensor_v3 given dtype {dtype!r}")
-    raw = np.ascontiguousarray(storage).view(np.uint8)
-    itemsize = 2 if dtype.dtype == "bfloat16" else np.dtype(dtype.dtype).itemsize
-    typed = _storage_array(raw.tobytes(), dtype.dtype, raw.shape[0] // itemsize)
-    return _tensor_from_storage(typed, storage_offset, size, stride)
-
-
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
-    """torch._utils._rebuild_parameter{,_with_state}: a Parameter is just its data here."""
-    return data
-
-
-def _rebuild_from_type_v2(func, new_type, args, state):
-    """torch._tensor._rebuild_from_type_v2: tensor subclasses reduce to their plain tensor."""
-    return func(*args)
 
 
 class _TypeMarker:
@@ -284,7 +164,7 @@ def _dill_create_array(f, args, state, npdict=None):
     """dill._dill._create_array, limited to numpy's own reconstructors (npdict ignored)."""
     core = _numpy_core()
     if f not in (core.multiarray._reconstruct, getattr(core.numeric, "_frombuffer", None)):
-        raise _FormatProblem(f"dill._dill._create_array called with {f!r}")
+        raise FormatProblem(f"dill._dill._create_array called with {f!r}")
     array = f(*args)
     array.__setstate__(state)
     return array
@@ -293,7 +173,7 @@ def _dill_create_array(f, args, state, npdict=None):
 def _codecs_encode(obj, encoding="utf-8", errors="strict"):
     """_codecs.encode as protocol-2 pickles use it for bytes: latin-1 only."""
     if encoding not in ("latin1", "latin-1") or not isinstance(obj, str):
-        raise _FormatProblem(f"_codecs.encode with encoding {encoding!r}")
+        raise FormatProblem(f"_codecs.encode with encoding {encoding!r}")
     return obj.encode("latin-1", errors)
 
 
@@ -302,12 +182,12 @@ def _base_globals(load_from_bytes):
     core = _numpy_core()
     out = {
         "collections.OrderedDict": collections.OrderedDict,
-        "torch._utils._rebuild_tensor": _rebuild_tensor,
-        "torch._utils._rebuild_tensor_v2": _rebuild_tensor,
-        "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
-        "torch._utils._rebuild_parameter": _rebuild_parameter,
-        "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
-        "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
+        "torch._utils._rebuild_tensor": tt.rebuild_tensor,
+        "torch._utils._rebuild_tensor_v2": tt.rebuild_tensor,
+        "torch._utils._rebuild_tensor_v3": tt.rebuild_tensor_v3,
+        "torch._utils._rebuild_parameter": tt.rebuild_parameter,
+        "torch._utils._rebuild_parameter_with_state": tt.rebuild_parameter,
+        "torch._tensor._rebuild_from_type_v2": tt.rebuild_from_type_v2,
         "torch.storage._load_from_bytes": load_from_bytes,
         "torch.Size": tuple,
         "torch.device": str,
@@ -323,12 +203,12 @@ def _base_globals(load_from_bytes):
         out[f"{mod}.multiarray.scalar"] = core.multiarray.scalar
         if hasattr(core.numeric, "_frombuffer"):
             out[f"{mod}.numeric._frombuffer"] = core.numeric._frombuffer
-    for cls, dtype in _STORAGE_DTYPES.items():
+    for cls, dtype in tt.STORAGE_DTYPES.items():
         for mod in ("torch", "torch.cuda", "torch.storage"):
-            out[f"{mod}.{cls}"] = _StorageType(f"{mod}.{cls}", dtype)
-    out["torch._UntypedStorage"] = _StorageType("torch._UntypedStorage", "u1")
-    for name, dtype in _TORCH_DTYPES.items():
-        out[f"torch.{name}"] = _TorchDtype(name, dtype)
+            out[f"{mod}.{cls}"] = tt.StorageType(f"{mod}.{cls}", dtype)
+    out["torch._UntypedStorage"] = tt.StorageType("torch._UntypedStorage", "u1")
+    for name, dtype in tt.TORCH_DTYPES.items():
+        out[f"torch.{name}"] = tt.TorchDtype(name, dtype)
     for name in ("torch.Tensor", "torch._tensor.Tensor", "torch.nn.parameter.Parameter"):
         out[name] = _TypeMarker(name)
     return out
@@ -357,7 +237,7 @@ class _Unpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if self._persistent is None:
-            raise _FormatProblem(f"unexpected persistent id {pid!r} in a plain pickle")
+            raise FormatProblem(f"unexpected persistent id {pid!r} in a plain pickle")
         return self._persistent(pid)
 
 
@@ -387,31 +267,31 @@ class _Reader:
         head = f.read(512)
         f.seek(0)
         if not head:
-            raise _FormatProblem("empty file")
+            raise FormatProblem("empty file")
         if head.startswith(_XZ_MAGIC):
             return self.read_any(io.BytesIO(lzma.decompress(f.read())))
         if head.startswith(_ZIP_MAGIC):
             return self.read_zip(f)
         if len(head) >= 262 and head[257:262] == b"ustar":
-            raise _FormatProblem("a tar-format checkpoint (PyTorch < 0.4) is not supported")
+            raise FormatProblem("a tar-format checkpoint (PyTorch < 0.4) is not supported")
         if head[:1] == b"\x80":
             if _starts_with_long(head):
                 try:
-                    is_legacy = _plain_load(f) == _LEGACY_MAGIC
+                    is_legacy = _plain_load(f) == LEGACY_MAGIC
                 except Exception:  # noqa: BLE001 - any failure here only means "not legacy"
                     is_legacy = False
                 f.seek(0)
                 if is_legacy:
                     return self.read_legacy(f)
             return _Unpickler(f, self.globals).load()
-        raise _FormatProblem(f"not a PyTorch checkpoint or pickle (starts with {head[:8]!r})")
+        raise FormatProblem(f"not a PyTorch checkpoint or pickle (starts with {head[:8]!r})")
 
     def read_zip(self, f):
         """torch.save zip format: data.pkl + data/<key> storage records."""
         try:
             zf = zipfile.ZipFile(f)
         except zipfile.BadZipFile as e:
-            raise _FormatProblem(f"not a readable zip archive ({e}); truncated or corrupt?")
+            raise FormatProblem(f"not a readable zip archive ({e}); truncated or corrupt?")
         with zf:
             names = set(zf.namelist())
             pkls = sorted((n for n in names if n == "data.pkl" or n.endswith("/data.pkl")),
@@ -420,7 +300,7 @@ class _Reader:
                 what = ("a TorchScript archive (torch.jit.save), which is not supported"
                         if any(n.endswith("constants.pkl") for n in names)
                         else "a zip archive without data.pkl, not a torch.save checkpoint")
-                raise _FormatProblem(what)
+                raise FormatProblem(what)
             prefix = pkls[0][:-len("data.pkl")]
             big = (prefix + "byteorder" in names
                    and zf.read(prefix + "byteorder").strip() == b"big")
@@ -428,16 +308,16 @@ class _Reader:
 
             def persistent(pid):
                 if not isinstance(pid, tuple) or len(pid) < 5 or _str(pid[0]) != "storage":
-                    raise _FormatProblem(f"unknown persistent id {pid!r}")
+                    raise FormatProblem(f"unknown persistent id {pid!r}")
                 stype, key, _location, numel = pid[1], _str(pid[2]), pid[3], pid[4]
-                if not isinstance(stype, _StorageType):
-                    raise _FormatProblem(f"persistent id names {stype!r}, not a storage type")
+                if not isinstance(stype, tt.StorageType):
+                    raise FormatProblem(f"persistent id names {stype!r}, not a storage type")
                 # Cache per (key, dtype): tensors sharing a storage share one array.
                 if (key, stype.dtype) not in storages:
                     record = f"{prefix}data/{key}"
                     if record not in names:
-                        raise _FormatProblem(f"storage record {record} is missing")
-                    storages[key, stype.dtype] = _storage_array(zf.read(record), stype.dtype,
+                        raise FormatProblem(f"storage record {record} is missing")
+                    storages[key, stype.dtype] = tt.storage_array(zf.read(record), stype.dtype,
                                                                 numel, big)
                 return storages[key, stype.dtype]
 
@@ -445,11 +325,11 @@ class _Reader:
 
     def read_legacy(self, f):
         """Legacy (non-zip) torch.save stream: 5 pickles, then each storage's count and bytes."""
-        if _plain_load(f) != _LEGACY_MAGIC:
-            raise _FormatProblem("bad magic number: not a legacy torch.save stream")
+        if _plain_load(f) != LEGACY_MAGIC:
+            raise FormatProblem("bad magic number: not a legacy torch.save stream")
         version = _plain_load(f)
-        if version != _LEGACY_PROTOCOL:
-            raise _FormatProblem(f"unsupported legacy protocol version {version!r}")
+        if version != LEGACY_PROTOCOL:
+            raise FormatProblem(f"unsupported legacy protocol version {version!r}")
         sys_info = _plain_load(f)
         little = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else True
         start = f.tell()
@@ -466,31 +346,31 @@ class _Reader:
                 found.setdefault(key, (stype, numel))
             return _Stub()
 
-        probe_globals = {k: (v if isinstance(v, _StorageType) else _Stub)
+        probe_globals = {k: (v if isinstance(v, tt.StorageType) else _Stub)
                          for k, v in self.globals.items()}
         _Unpickler(f, probe_globals, probe).load()
         keys = _plain_load(f)
         if not isinstance(keys, list):
-            raise _FormatProblem("storage key list missing after the object pickle")
+            raise FormatProblem("storage key list missing after the object pickle")
         data = {}
         for key in keys:
             key = _str(key)
             if key not in found:
-                raise _FormatProblem(f"storage {key} is listed but never used")
+                raise FormatProblem(f"storage {key} is listed but never used")
             stype, numel = found[key]
             header = f.read(8)
             if len(header) < 8:
-                raise _FormatProblem(f"truncated before storage {key}")
+                raise FormatProblem(f"truncated before storage {key}")
             count = int.from_bytes(header, "little" if little else "big", signed=True)
             nbytes = count * stype.itemsize
             # A damaged count must not make us allocate more than the file still holds.
             buf = f.read(nbytes) if 0 <= nbytes <= total - f.tell() else b""
             if count < 0 or len(buf) < nbytes:
-                raise _FormatProblem(f"truncated in storage {key}: {len(buf)} of {nbytes} bytes")
-            data[key] = _storage_array(buf, stype.dtype, count, big_endian=not little)
+                raise FormatProblem(f"truncated in storage {key}: {len(buf)} of {nbytes} bytes")
+            data[key] = tt.storage_array(buf, stype.dtype, count, big_endian=not little)
         missing = sorted(set(found) - set(data))
         if missing:
-            raise _FormatProblem(f"storage record(s) {', '.join(missing[:5])} missing")
+            raise FormatProblem(f"storage record(s) {', '.join(missing[:5])} missing")
         end = f.tell()
         f.seek(start)
 
@@ -518,10 +398,10 @@ def _legacy_pid(pid):
     if isinstance(pid, tuple) and pid and _str(pid[0]) == "module":
         return "module", None, None, None, None
     if not isinstance(pid, tuple) or len(pid) < 5 or _str(pid[0]) != "storage":
-        raise _FormatProblem(f"unknown persistent id {pid!r}")
+        raise FormatProblem(f"unknown persistent id {pid!r}")
     stype = pid[1]
-    if not isinstance(stype, _StorageType):
-        raise _FormatProblem(f"persistent id names {stype!r}, not a storage type")
+    if not isinstance(stype, tt.StorageType):
+        raise FormatProblem(f"persistent id names {stype!r}, not a storage type")
     view = pid[5] if len(pid) > 5 else None
     return "storage", stype, _str(pid[2]), pid[4], view
 
@@ -535,7 +415,7 @@ def _starts_with_long(head):
 
 
 def _describe(e):
-    if isinstance(e, _FormatProblem):
+    if isinstance(e, FormatProblem):
         return str(e)
     if isinstance(e, EOFError):
         return "unexpected end of data (truncated file?)"
@@ -573,221 +453,3 @@ def loads_legacy_bytes(data, extra_globals=None):
     return _read_guarded("<legacy bytes>", lambda: reader.load_legacy_bytes(data))
 
 
-# ---------------------------------------------------------------------------------------------
-# A small writer of the same formats (tests and benchmarks; no torch needed)
-
-
-class Global:
-    """A global reference to write: `Global("torch._utils", "_rebuild_tensor_v2")`."""
-
-    def __init__(self, module, name):
-        self.module, self.name = module, name
-
-
-class Reduce:
-    """`func(*args)` to write as REDUCE; `func` is usually a Global."""
-
-    def __init__(self, func, args):
-        self.func, self.args = func, tuple(args)
-
-
-class Instance:
-    """An instance of class `cls` (a Global) as pickle writes a plain object at protocol 2+:
-    `cls.__new__(cls, *args)` (NEWOBJ), then BUILD with `state` (usually its `__dict__`).
-    This is how a torch module that is not a persistent object (e.g. a ModuleDict) is stored."""
-
-    def __init__(self, cls, state, args=()):
-        self.cls, self.state, self.args = cls, state, tuple(args)
-
-
-class PersistentId:
-    """A persistent id (tuple) to write as BINPERSID."""
-
-    def __init__(self, pid):
-        self.pid = tuple(pid)
-
-
-class Storage:
-    """A bare storage to write (1-D array); also usable as the storage of TensorViews."""
-
-    def __init__(self, array):
-        self.data = np.ascontiguousarray(array).reshape(-1)
-
-
-class TensorView:
-    """A tensor over `storage` (a Storage or 1-D array): views of one storage object share it."""
-
-    def __init__(self, storage, offset, size, stride):
-        self.storage = storage if isinstance(storage, Storage) else Storage(storage)
-        self._identity = storage
-        self.offset, self.size, self.stride = int(offset), tuple(size), tuple(stride)
-
-
-_NP_TO_STORAGE = {"float32": "FloatStorage", "float64": "DoubleStorage", "float16": "HalfStorage",
-                  "int64": "LongStorage", "int32": "IntStorage", "int16": "ShortStorage",
-                  "int8": "CharStorage", "uint8": "ByteStorage", "bool": "BoolStorage",
-                  "complex64": "ComplexFloatStorage", "complex128": "ComplexDoubleStorage"}
-
-
-class _Writer:
-    """Emit pickle opcodes for plain values, Global/Reduce/PersistentId, storages and tensors.
-
-    `mode` says how storages are written: "zip" / "legacy" as persistent ids (5 / 6 fields),
-    "plain" as torch.storage._load_from_bytes(legacy bytes), as pickle.dump of a tensor does.
-    """
-
-    def __init__(self, protocol=2, mode="zip"):
-        self.protocol, self.mode = protocol, mode
-        self.storages = {}  # id(storage object) -> (key, storage type name, 1-D array, object)
-
-    def dumps(self, obj):
-        """obj -> one pickle (bytes)."""
-        out = io.BytesIO()
-        out.write(bytes([0x80, self.protocol]))
-        self._emit(obj, out)
-        out.write(b".")
-        return out.getvalue()
-
-    def _emit(self, obj, out):
-        w = out.write
-        if obj is None:
-            w(b"N")
-        elif obj is True or obj is False:
-            w(b"\x88" if obj else b"\x89")
-        elif isinstance(obj, int):
-            if 0 <= obj < 256:
-                w(b"K" + bytes([obj]))
-            elif 0 <= obj < 65536:
-                w(b"M" + obj.to_bytes(2, "little"))
-            elif -2 ** 31 <= obj < 2 ** 31:
-                w(b"J" + obj.to_bytes(4, "little", signed=True))
-            else:
-                raw = obj.to_bytes((obj.bit_length() + 8) // 8, "little", signed=True)
-                w(b"\x8a" + bytes([len(raw)]) + raw)
-        elif isinstance(obj, float):
-            w(b"G" + struct.pack(">d", obj))
-        elif isinstance(obj, str):
-            raw = obj.encode("utf-8")
-            w(b"X" + len(raw).to_bytes(4, "little") + raw)
-        elif isinstance(obj, bytes):
-            if self.protocol >= 3:
-                w(b"B" + len(obj).to_bytes(4, "little") + obj)
-            else:  # protocol 2 has no bytes opcode: Python writes _codecs.encode(str, latin1)
-                self._emit(Reduce(Global("_codecs", "encode"),
-                                  (obj.decode("latin-1"), "latin1")), out)
-        elif isinstance(obj, Global):
-            w(b"c" + f"{obj.module}\n{obj.name}\n".encode("ascii"))
-        elif isinstance(obj, Reduce):
-            self._emit(obj.func, out)
-            self._emit(obj.args, out)
-            w(b"R")
-        elif isinstance(obj, Instance):
-            self._emit(obj.cls, out)
-            self._emit(obj.args, out)
-            w(b"\x81")  # NEWOBJ
-            self._emit(obj.state, out)
-            w(b"b")  # BUILD
-        elif isinstance(obj, PersistentId):
-            self._emit(obj.pid, out)
-            w(b"Q")
-        elif isinstance(obj, tuple):
-            if not obj:
-                w(b")")
-            elif len(obj) <= 3:
-                for x in obj:
-                    self._emit(x, out)
-                w(bytes([0x84 + len(obj)]))
-            else:
-                w(b"(")
-                for x in obj:
-                    self._emit(x, out)
-                w(b"t")
-        elif isinstance(obj, list):
-            w(b"]")
-            if obj:
-                w(b"(")
-                for x in obj:
-                    self._emit(x, out)
-                w(b"e")
-        elif isinstance(obj, dict):
-            if isinstance(obj, collections.OrderedDict):
-                self._emit(Reduce(Global("collections", "OrderedDict"), ()), out)
-            else:
-                w(b"}")
-            if obj:
-                w(b"(")
-                for k, v in obj.items():
-                    self._emit(k, out)
-                    self._emit(v, out)
-                w(b"u")
-        elif isinstance(obj, np.ndarray):
-            arr = obj if obj.flags.c_contiguous else np.ascontiguousarray(obj)  # keeps 0-d
-            strides = tuple(int(np.prod(arr.shape[i + 1:])) for i in range(arr.ndim))
-            self._emit(TensorView(arr, 0, arr.shape, strides), out)
-        elif isinstance(obj, TensorView):
-            hooks = Reduce(Global("collections", "OrderedDict"), ())
-            storage = self._storage(obj.storage, obj._identity)
-            self._emit(Reduce(Global("torch._utils", "_rebuild_tensor_v2"),
-                              (storage, obj.offset, obj.size, obj.stride, False, hooks)), out)
-        elif isinstance(obj, Storage):
-            self._emit(self._storage(obj, obj), out)
-        else:
-            raise TypeError(f"cannot write {type(obj).__name__}")
-
-    def _storage(self, storage, identity):
-        """A Storage -> what stands for it in the pickle (persistent id or _load_from_bytes)."""
-        if id(identity) not in self.storages:
-            dtype = str(storage.data.dtype)
-            if dtype not in _NP_TO_STORAGE:
-                raise TypeError(f"no torch storage type for dtype {dtype}")
-            data = storage.data.astype(storage.data.dtype.newbyteorder("<"))
-            # Keeping `identity` alive keeps its id() from being reused by another object.
-            self.storages[id(identity)] = (str(len(self.storages)), _NP_TO_STORAGE[dtype],
-                                           data, identity)
-        key, stype, data, _ = self.storages[id(identity)]
-        if self.mode == "plain":
-            return Reduce(Global("torch.storage", "_load_from_bytes"),
-                          (dumps_legacy(Storage(data)),))
-        pid = ("storage", Global("torch", stype), key, "cpu", int(data.shape[0]))
-        return PersistentId(pid + (None,) if self.mode == "legacy" else pid)
-
-
-def dumps_legacy(obj):
-    """obj (numpy arrays / TensorViews as tensors, Storages) -> bytes in torch's legacy format."""
-    writer = _Writer(2, "legacy")
-    main = writer.dumps(obj)
-    out = io.BytesIO()
-    for header in (_LEGACY_MAGIC, _LEGACY_PROTOCOL,
-                   {"protocol_version": _LEGACY_PROTOCOL, "little_endian": True,
-                    "type_sizes": {"short": 2, "int": 4, "long": 4}}):
-        out.write(writer.dumps(header))
-    out.write(main)
-    entries = list(writer.storages.values())
-    out.write(writer.dumps([key for key, _, _, _ in entries]))
-    for _key, _stype, data, _ in entries:
-        out.write(int(data.shape[0]).to_bytes(8, "little", signed=True))
-        out.write(data.tobytes())
-    return out.getvalue()
-
-
-def dumps_plain(obj, protocol=4):
-    """obj -> a plain pickle as pickle.dump writes torch objects (storages via _load_from_bytes)."""
-    return _Writer(protocol, "plain").dumps(obj)
-
-
-def save(path, obj, legacy=False):
-    """Write obj like torch.save would (zip format, or legacy with legacy=True); arrays->tensors."""
-    path = os.fspath(path)
-    if legacy:
-        with open(path, "wb") as f:
-            f.write(dumps_legacy(obj))
-        return
-    writer = _Writer(2, "zip")
-    pkl = writer.dumps(obj)
-    stem = os.path.splitext(os.path.basename(path))[0] or "archive"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        zf.writestr(f"{stem}/data.pkl", pkl)
-        zf.writestr(f"{stem}/byteorder", "little")
-        for key, _stype, data, _ in writer.storages.values():
-            zf.writestr(f"{stem}/data/{key}", data.tobytes())
-        zf.writestr(f"{stem}/version", "3\n")

@@ -33,6 +33,7 @@ import numpy as np
 
 from converters import torch_pickle
 from mgr_jax.models import resnet
+from mgr_jax.variables_io import save_variables
 
 _LOG = logging.getLogger(__name__)
 
@@ -353,7 +354,6 @@ def main(argv=None):
     parser.add_argument("--fc_seed", type=int, default=0, help="PRNG seed of a new fc")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from mgr_jax.variables_io import save_variables  # orbax: imported only when writing
     try:
         module, variables = convert(args.input, args.num_classes, fc_seed=args.fc_seed)
         meta = meta_for(module, args.input)

@@ -8,6 +8,7 @@ import os
 
 import orbax.checkpoint as ocp
 
+from mgr_jax import files
 from mgr_jax.errors import UserError
 
 # Fields that may change between a run and its resumption without changing its results.
@@ -53,10 +54,7 @@ def check_workdir_config(workdir, config_dict):
 
 def write_config(workdir, config_dict):
     os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, ".config.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(config_dict, f, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(workdir, "config.json"))
+    files.write_json(os.path.join(workdir, "config.json"), config_dict, sort_keys=True)
 
 
 class RunCheckpoints:

@@ -2,10 +2,10 @@
 import json
 
 from mgr_jax.errors import UserError
+from mgr_jax.hypergrad import HYPERGRADIENTS
 
 METHODS = ("base", "gda", "gda_mh", "gda_ssl", "gda_mps", "pcr", "mgr")
 AUGMENTS = ("none", "randaugment", "trivialaugment", "augmix")
-HYPERGRADIENTS = ("exact", "finite_difference")
 DTYPES = ("float32", "bfloat16")
 
 

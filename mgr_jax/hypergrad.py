@@ -4,23 +4,14 @@ For theta' = theta - eta * grad_theta inner(theta, phi), the hypergradient is
     d outer(theta') / d phi = -eta * (d^2 inner / d phi d theta) v,   v = grad outer(theta').
 """
 import jax
-import jax.numpy as jnp
+import optax
 
-METHODS = ("exact", "finite_difference")
+HYPERGRADIENTS = ("exact", "finite_difference")
 
 
 def _axpy(a, x, y):
     """a * x + y over matching pytrees."""
     return jax.tree.map(lambda xi, yi: a * xi + yi, x, y)
-
-
-def tree_norm(tree):
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
-
-
-def tree_dot(a, b):
-    return sum(jnp.sum(x.astype(jnp.float32) * y.astype(jnp.float32))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def virtual_step(inner_loss, theta, phi, inner_lr):
@@ -42,12 +33,12 @@ def meta_gradient(inner_loss, outer_loss, theta, phi, inner_lr, method="exact", 
     if method == "finite_difference":
         v = jax.grad(outer_loss)(virtual_step(inner_loss, theta, phi, inner_lr))
         return finite_difference_hypergradient(inner_loss, theta, phi, v, inner_lr, fd_eps)
-    raise ValueError(f"method={method!r}; choose one of {METHODS}")
+    raise ValueError(f"method={method!r}; choose one of {HYPERGRADIENTS}")
 
 
 def finite_difference_hypergradient(inner_loss, theta, phi, v, inner_lr, fd_eps=0.01):
     """DARTS Eq. 9: -inner_lr * central difference of grad_phi inner along v."""
-    eps = fd_eps / (tree_norm(v) + 1e-12)
+    eps = fd_eps / (optax.tree_utils.tree_norm(v) + 1e-12)
     grad_phi = jax.grad(inner_loss, argnums=1)
     g_plus = grad_phi(_axpy(eps, v, theta), phi)
     g_minus = grad_phi(_axpy(-eps, v, theta), phi)

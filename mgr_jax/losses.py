@@ -9,11 +9,6 @@ def cross_entropy(logits, labels):
     return -jnp.mean(jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=1))
 
 
-def top1_correct(logits, labels):
-    """Number of samples whose arg-max class is the label: (N, C), (N,) -> scalar."""
-    return jnp.sum(jnp.argmax(logits, -1) == labels)
-
-
 def pcr_loss(features_aug, features):
     """Pseudo consistency regularisation, Eq. 5-6: mean over x of ||g(T(x)) - g(x)||_2^2.
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mgr_jax import hypergrad, losses, synthetic, train
+from mgr_jax import classifier, hypergrad, losses, synthetic
 from mgr_jax.finder import Finder
 from mgr_jax.generators import load_generator
 
@@ -39,7 +39,7 @@ class Method:
 def _real_ce(model, state, batch):
     """CE on the real batch as a function of params -> (loss, (logits, new batch stats))."""
     def fn(params):
-        logits, _, stats = train.classifier_forward(model, params, state.batch_stats,
+        logits, _, stats = classifier.classifier_forward(model, params, state.batch_stats,
                                                     batch["image"], True)
         return losses.cross_entropy(logits, batch["label"]), (logits, stats)
     return fn
@@ -52,7 +52,7 @@ def _accuracy(logits, labels):
 def base_step(state, batch, rng, frozen, *, model, tx, learning_rate_fn):
     """CE on the real batch only."""
     del frozen
-    return train.train_step(state, batch, rng, model=model, tx=tx,
+    return classifier.train_step(state, batch, rng, model=model, tx=tx,
                             learning_rate_fn=learning_rate_fn)
 
 
@@ -79,7 +79,7 @@ def uniform_step(state, batch, rng, frozen, *, ctx):
         meta = {"aux_head": optax.apply_updates(aux, upd), "aux_opt": aux_opt}
     metrics = {"loss": loss, "ce": ce, "syn": syn, "accuracy": _accuracy(logits, batch["label"]),
                "lr": ctx.learning_rate_fn(state.step)}
-    return train.apply_classifier_update(state, ctx.tx, grads, stats, meta), metrics
+    return classifier.apply_classifier_update(state, ctx.tx, grads, stats, meta), metrics
 
 
 def mps_step(state, batch, rng, frozen, *, ctx):
@@ -137,10 +137,10 @@ def mps_step(state, batch, rng, frozen, *, ctx):
                                     else "exact")
             # Compared on phi, where the update happens (one more pullback).
             hyper, other = pullback(hyper_x)[0], pullback(other_x)[0]
-            metrics["hypergrad_cosine"] = hypergrad.tree_dot(hyper, other) / (
-                hypergrad.tree_norm(hyper) * hypergrad.tree_norm(other) + 1e-30)
-            metrics["hypergrad_norm_ratio"] = hypergrad.tree_norm(hyper) / (
-                hypergrad.tree_norm(other) + 1e-30)
+            metrics["hypergrad_cosine"] = optax.tree_utils.tree_vdot(hyper, other) / (
+                optax.tree_utils.tree_norm(hyper) * optax.tree_utils.tree_norm(other) + 1e-30)
+            metrics["hypergrad_norm_ratio"] = optax.tree_utils.tree_norm(hyper) / (
+                optax.tree_utils.tree_norm(other) + 1e-30)
         else:
             hyper = pullback(hyper_x)[0]
     else:  # ablation (Table 7): the finder maximises CE or PCR on x_p, no meta-learning.
@@ -161,9 +161,9 @@ def mps_step(state, batch, rng, frozen, *, ctx):
     metrics.update(loss=ce + syn, ce=ce, syn=syn / jnp.maximum(ctx.lam, 1e-12),
                    accuracy=_accuracy(logits, batch["label"]), lr=eta,
                    finder_norm=jnp.mean(jnp.linalg.norm(w, axis=-1)),
-                   hypergrad_norm=hypergrad.tree_norm(hyper))
+                   hypergrad_norm=optax.tree_utils.tree_norm(hyper))
     meta = {"params": phi, "opt": meta_opt}
-    return train.apply_classifier_update(state, ctx.tx, grads, stats, meta), metrics
+    return classifier.apply_classifier_update(state, ctx.tx, grads, stats, meta), metrics
 
 
 def _meta_params(state, frozen, cfg):
@@ -175,7 +175,7 @@ def _meta_params(state, frozen, cfg):
 def _val_ce(model, state, batch):
     """CE on the D_val batch at theta' (train-mode BN on that batch; its stats are dropped)."""
     def fn(params):
-        logits, _, _ = train.classifier_forward(model, params, state.batch_stats,
+        logits, _, _ = classifier.classifier_forward(model, params, state.batch_stats,
                                                 batch["val_image"], True)
         return losses.cross_entropy(logits, batch["val_label"])
     return fn

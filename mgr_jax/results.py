@@ -1,6 +1,7 @@
 """The run's final `results.json`: the SPEC's keys plus what a reader needs to trust them."""
-import json
 import os
+
+from mgr_jax import files
 
 
 def write_results(workdir, config, pipeline, loop):
@@ -20,10 +21,7 @@ def write_results(workdir, config, pipeline, loop):
     }
     if "mps" in config:
         results["hypergradient"] = config.mps.hypergradient
-    tmp = os.path.join(workdir, ".results.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, "results.json"))
+    files.write_json(os.path.join(workdir, "results.json"), results)
     print(f"best validation epoch {results['best_epoch']}: val top-1 {results['val_top1']:.2f} %, "
           f"test top-1 {results['test_top1']:.2f} % ({results['wall_clock_s']:.0f} s)", flush=True)
     return results

@@ -9,7 +9,8 @@ statistics need no broadcast from rank 0 as DDP does.
 """
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mgr_jax.errors import UserError
 

@@ -7,7 +7,8 @@ discarded: running statistics follow the real data only, which is what evaluatio
 import jax
 import jax.numpy as jnp
 
-from mgr_jax import augment, input_pipeline, losses
+from mgr_jax import losses, synthetic_augment
+from mgr_jax.data import protocol
 
 LOSSES = ("gda", "gda_mh", "gda_ssl", "pcr")
 
@@ -37,7 +38,7 @@ def synthesize(generator, gen_params, w, labels, image_size):
 def _forward(model, params, batch_stats, images01):
     """Train-mode classifier on [0, 1] images: (logits, features); stats updates dropped."""
     (logits, feats), _ = model.apply({"params": params, "batch_stats": batch_stats},
-                                     input_pipeline.normalize(images01), train=True,
+                                     protocol.normalize(images01), train=True,
                                      mutable=["batch_stats"])
     return logits, feats
 
@@ -45,7 +46,7 @@ def _forward(model, params, batch_stats, images01):
 def synthetic_loss(kind, model, params, batch_stats, images01, labels, key, *, aux_head=None,
                    aug_config=None, uda_config=None):
     """L_syn of a method (unweighted): gda CE, gda_mh second-head CE, gda_ssl UDA, pcr PCR."""
-    strong = lambda: augment.rand_augment(key, images01, **(aug_config or {}))  # noqa: E731
+    strong = lambda: synthetic_augment.rand_augment(key, images01, **(aug_config or {}))  # noqa: E731
     if kind == "gda":
         logits, _ = _forward(model, params, batch_stats, images01)
         return losses.cross_entropy(logits, labels)

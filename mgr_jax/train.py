@@ -1,112 +1,29 @@
-"""Classifier state, optimiser, the base train step, evaluation and the epoch loop."""
+"""The classifier's training run: setup from a config, the epoch loop, evaluation, resumption.
+
+The steps it runs are `methods` (built on `classifier`); it writes through `checkpoints`,
+`run_log` and `results`.
+"""
 import functools
 import time
-from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
-from mgr_jax import checkpoints, config_lib, input_pipeline, losses, pretrained, sharding
-from mgr_jax.errors import UserError
-from mgr_jax.models import resnet
+from mgr_jax import checkpoints, config_lib, methods, pretrained, results, sharding
+from mgr_jax.classifier import (
+    create_learning_rate_fn,
+    create_model,
+    create_optimizer,
+    create_train_state,
+    eval_step,
+)
+from mgr_jax.data import loader
+from mgr_jax.errors import TrainingDiverged, UserError
 from mgr_jax.run_log import RunLog
 
-
-class TrainState(flax.struct.PyTreeNode):
-    """Everything a step changes: classifier params, BN statistics, optimiser state.
-
-    `meta` holds what a method adds (finder params and Adam state for MPS methods; an
-    auxiliary head for gda_mh); it is an empty dict for `base`.
-    """
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    meta: Any
-
-
-class TrainingDiverged(Exception):
-    """The loss became NaN or infinite; carries the first bad step."""
-
-
-def create_learning_rate_fn(config, steps_per_epoch):
-    """Step-wise lr: optimizer.lr, times lr_decay at each epoch in optimizer.lr_milestones."""
-    opt = config.optimizer
-    boundaries = {int(m) * steps_per_epoch: opt.lr_decay for m in opt.lr_milestones}
-    return optax.piecewise_constant_schedule(opt.lr, boundaries)
-
-
-def create_optimizer(config, learning_rate_fn):
-    """Nesterov SGD as torch.optim.SGD (dampening 0), weight decay added to the gradient."""
-    opt = config.optimizer
-    sgd = optax.sgd(learning_rate_fn, momentum=opt.momentum, nesterov=opt.nesterov)
-    if opt.weight_decay:
-        return optax.chain(optax.add_decayed_weights(opt.weight_decay), sgd)
-    return sgd
-
-
-def create_model(config, num_classes):
-    return resnet.create_model(config.model.arch, num_classes=num_classes,
-                               width=config.model.width, cifar_stem=config.model.cifar_stem,
-                               dtype=jnp.dtype(config.model.dtype))
-
-
-def create_train_state(rng, model, tx, image_size, init_variables=None, meta=None):
-    """Initialise (or take `init_variables` for) the classifier and its optimiser state."""
-    if init_variables is None:
-        init_variables = model.init(rng, jnp.zeros((1, image_size, image_size, 3)), train=False)
-    params = init_variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=init_variables["batch_stats"], opt_state=tx.init(params),
-                      meta=meta if meta is not None else {})
-
-
-def classifier_forward(model, params, batch_stats, images, train):
-    """(logits, features, new_batch_stats) of the classifier; stats unchanged in eval."""
-    variables = {"params": params, "batch_stats": batch_stats}
-    if train:
-        (logits, feats), upd = model.apply(variables, images, train=True, mutable=["batch_stats"])
-        return logits, feats, upd["batch_stats"]
-    logits, feats = model.apply(variables, images, train=False)
-    return logits, feats, batch_stats
-
-
-def apply_classifier_update(state, tx, grads, batch_stats, meta=None):
-    """One optimiser step on the classifier; returns the new state (step + 1)."""
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                         batch_stats=batch_stats, opt_state=opt_state,
-                         meta=state.meta if meta is None else meta)
-
-
-def train_step(state, batch, rng, *, model, tx, learning_rate_fn):
-    """Base method: one SGD step on CE(real batch). Returns (state, metrics)."""
-    del rng  # the base step draws nothing.
-
-    def loss_fn(params):
-        logits, _, stats = classifier_forward(model, params, state.batch_stats, batch["image"],
-                                              True)
-        return losses.cross_entropy(logits, batch["label"]), (logits, stats)
-
-    (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    metrics = {"loss": loss, "accuracy": 100.0 * jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-               "lr": learning_rate_fn(state.step)}
-    return apply_classifier_update(state, tx, grads, stats), metrics
-
-
-def eval_step(state, batch, *, model):
-    """Summed (correct, loss, count) over the real samples of a padded eval batch."""
-    logits, _, _ = classifier_forward(model, state.params, state.batch_stats, batch["image"],
-                                      False)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-    nll = -jnp.take_along_axis(logp, batch["label"][:, None], axis=1)[:, 0]
-    mask = batch["mask"]
-    return {"correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
-            "loss": jnp.sum(nll * mask), "count": jnp.sum(mask)}
+__all__ = ["TrainingDiverged", "evaluate", "restore_state", "setup", "train_and_evaluate"]
 
 
 def evaluate(eval_fn, state, pipeline, split):
@@ -132,11 +49,9 @@ def setup(config, mesh=None):
 
     With a `mesh`, the state is replicated over it and synthetic batches are split over it.
     """
-    from mgr_jax import methods  # noqa: PLC0415 (methods import this module)
-
     if mesh is not None:
         sharding.check_divisible(config, mesh)
-    pipeline = input_pipeline.create_pipeline(config)
+    pipeline = loader.create_pipeline(config)
     model = create_model(config, pipeline.num_classes)
     init_variables = pretrained.load_init_checkpoint(config, model, pipeline.num_classes)
     lr_fn = create_learning_rate_fn(config, pipeline.steps_per_epoch)
@@ -173,8 +88,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     Re-running on the same workdir resumes from the latest checkpoint. `max_epochs_this_run`
     stops early after that many epochs (a resumable pause, as a time limit would).
     """
-    from mgr_jax import results  # noqa: PLC0415
-
     config_lib.validate(config)
     config_dict = config_lib.to_dict(config)
     checkpoints.check_workdir_config(workdir, config_dict)
@@ -189,7 +102,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if restored is not None:
         state, loop = restored
         print(f"resuming {workdir} from epoch {loop['epoch']}", flush=True)
-    log = RunLog(workdir, loop["epoch"])
+    last_epoch = loop["epoch"]
+    log = RunLog(workdir, keep=lambda record: record.get("epoch", 0) <= last_epoch)
 
     replicated = sharding.replicated(mesh)
     step_fn = jax.jit(method.train_step, donate_argnums=(0,),
@@ -213,9 +127,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             seconds = time.time() - t0
             loop.update(epoch=epoch, elapsed_s=loop["elapsed_s"] + seconds,
                         steps=loop["steps"] + pipeline.steps_per_epoch)
-            log.write("epoch", int(state.step), epoch,
+            log.write("epoch", int(state.step),
                       dict(train_metrics, val_top1=val_top1, val_loss=val_loss,
-                           **({"test_top1": loop["best_test_top1"]} if is_best else {})))
+                           **({"test_top1": loop["best_test_top1"]} if is_best else {})),
+                      epoch=epoch)
             log.epoch_line(epoch, config.num_epochs, train_metrics, val_top1,
                            loop["best_test_top1"] if is_best else None, steps_per_s, seconds,
                            is_best)
@@ -242,8 +157,8 @@ def _train_epoch(config, step_fn, state, pipeline, epoch, mesh, loop_rng, log, n
         count += 1
         if len(pending) == config.log_every_steps:
             _check_finite(pending, first + count - len(pending))
-            log.write("train", first + count, epoch,
-                      jax.device_get(jax.tree.map(lambda x: x / count, sums)))
+            log.write("train", first + count,
+                      jax.device_get(jax.tree.map(lambda x: x / count, sums)), epoch=epoch)
             pending = []
     if pending:
         _check_finite(pending, first + count - len(pending))

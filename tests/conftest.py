@@ -13,3 +13,25 @@ def fixtures_dir():
     if not os.path.isdir(FIXTURES):
         pytest.skip(f"shared fixtures not found at {FIXTURES}")
     return FIXTURES
+
+
+def pytest_configure(config):
+    """One persistent compilation cache per test session: tests that build the same program
+    (the same config's step, the same reference computation) compile it once."""
+    import tempfile
+
+    from mgr_jax import compile_cache
+
+    directory = os.environ.get(compile_cache.ENV_VAR)
+    if not directory:
+        directory = tempfile.mkdtemp(prefix="mgr_jax_xla_")
+        config._mgr_jax_cache_to_remove = directory
+    os.environ[compile_cache.ENV_VAR] = directory  # subprocesses (the CLI tests) share it
+    compile_cache.enable(directory, min_compile_seconds=0.5)
+
+
+def pytest_unconfigure(config):
+    import shutil
+    directory = getattr(config, "_mgr_jax_cache_to_remove", None)
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -14,10 +14,11 @@ import re
 import jax
 import numpy as np
 
-from converters import torch_pickle as tp
-from mgr_jax.generators import edm, fastgan
+from converters import pickle_writer
+from mgr_jax.models import edm as edm_net
+from mgr_jax.models import fastgan as fastgan_net
 
-_HOOKS = tp.Reduce(tp.Global("collections", "OrderedDict"), ())
+_HOOKS = pickle_writer.Reduce(pickle_writer.Global("collections", "OrderedDict"), ())
 
 
 def flat(tree):
@@ -28,7 +29,7 @@ def flat(tree):
 
 def _parameter(array):
     """A torch.nn.Parameter as torch pickles one."""
-    return tp.Reduce(tp.Global("torch._utils", "_rebuild_parameter"),
+    return pickle_writer.Reduce(pickle_writer.Global("torch._utils", "_rebuild_parameter"),
                      (np.asarray(array, np.float32), True, _HOOKS))
 
 
@@ -43,7 +44,7 @@ def _torch_weight(array):
 
 
 def _easy_dict(d):
-    return tp.Reduce(tp.Global("dnnlib.util", "EasyDict"), (dict(d),))
+    return pickle_writer.Reduce(pickle_writer.Global("dnnlib.util", "EasyDict"), (dict(d),))
 
 
 def _module_tree(entries, class_of, extra_state):
@@ -80,10 +81,10 @@ def _module_tree(entries, class_of, extra_state):
         state.update(extra_state(path))
         class_name = class_of(path)
         if class_name is None:
-            return tp.Instance(tp.Global("torch.nn.modules.container", "ModuleDict"), state)
+            return pickle_writer.Instance(pickle_writer.Global("torch.nn.modules.container", "ModuleDict"), state)
         meta = {"type": "class", "version": 4, "class_name": class_name, "state": state,
                 "module_src": "raise SystemExit('snapshot source must never run')"}
-        return tp.Reduce(tp.Global("torch_utils.persistence", "_reconstruct_persistent_obj"),
+        return pickle_writer.Reduce(pickle_writer.Global("torch_utils.persistence", "_reconstruct_persistent_obj"),
                          (meta,))
 
     return build(root, ())
@@ -135,7 +136,7 @@ def write_stylegan2_ada(path, module, variables):
                 "G_ema": _module_tree(entries, class_of, extra_state), "augment_pipe": None,
                 "training_set_kwargs": _easy_dict({"resolution": module.img_resolution})}
     with open(path, "wb") as f:
-        f.write(tp.dumps_plain(snapshot))
+        f.write(pickle_writer.dumps_plain(snapshot))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ def _biggan_prefix(mods):
 
 
 def write_biggan(path, json_path, module, variables):
-    """G_ema.pth (state_dict) of `module` (mgr_jax.generators.biggan.BigGAN) and, in
+    """G_ema.pth (state_dict) of `module` (mgr_jax.models.biggan.BigGAN) and, in
     `json_path`, the official Generator keywords the weights cannot show (eps, norm, SVs)."""
     sd = {}
     for col, tree in variables.items():
@@ -169,7 +170,7 @@ def write_biggan(path, json_path, module, variables):
                 sd[f"{prefix}weight"] = _torch_weight(value)
             else:
                 sd[f"{prefix}{leaf}"] = value.astype(np.float32)
-    tp.save(path, sd)
+    pickle_writer.save(path, sd)
     keys = ("resolution", "n_classes", "G_ch", "dim_z", "shared_dim", "hier", "G_shared",
             "G_attn", "norm_style", "num_G_SVs", "num_G_SV_itrs", "BN_eps", "SN_eps")
     with open(json_path, "w") as f:
@@ -188,10 +189,10 @@ def _fastgan_state_dict(module, variables):
         return np.asarray(node, np.float32)
 
     sd = {}
-    for block, btype in fastgan.layout(module.im_size):
-        for index, kind in fastgan.BLOCK_LAYERS[btype]:
+    for block, btype in fastgan_net.layout(module.im_size):
+        for index, kind in fastgan_net.BLOCK_LAYERS[btype]:
             prefix = f"{block}.{index}." if index else f"{block}."
-            layer = fastgan.flax_layer_path(block, btype, index)
+            layer = fastgan_net.flax_layer_path(block, btype, index)
             if kind in ("conv", "convT"):
                 kernel = get("params", layer + ("kernel",))  # HWIO
                 kh, kw, cin, _ = kernel.shape
@@ -217,7 +218,7 @@ def write_fastgan(path, module, variables, raw_variables):
     ema = _fastgan_state_dict(module, variables)
     g = {"module." + k: v for k, v in _fastgan_state_dict(module, raw_variables).items()}
     adam = {"state": {}, "param_groups": [{"lr": 2e-4, "betas": (0.5, 0.999), "params": []}]}
-    tp.save(path, {"g": g, "d": {}, "g_ema": [ema[n] for n in fastgan.parameter_names(
+    pickle_writer.save(path, {"g": g, "d": {}, "g_ema": [ema[n] for n in fastgan_net.parameter_names(
         module.im_size)], "opt_g": adam, "opt_d": adam})
 
 
@@ -246,7 +247,7 @@ def _edm_class(path):
 
 
 def write_edm(path, module, variables):
-    """A training snapshot whose `ema` is `module` (mgr_jax.generators.edm.EDMPrecond,
+    """A training snapshot whose `ema` is `module` (mgr_jax.models.edm.EDMPrecond,
     positional embedding) with `variables`."""
     if module.embedding_type != "positional":
         raise NotImplementedError("only the positional (DDPM++) embedding is written here")
@@ -259,7 +260,7 @@ def write_edm(path, module, variables):
             if leaf in ("kernel", "scale"):
                 leaf, value = "weight", _torch_weight(value)
             entries[".".join(mods + [leaf])] = (kind, value.astype(np.float32))
-    settings = edm.module_kwargs(module)
+    settings = edm_net.module_kwargs(module)
     sigmas = {k: float(settings.pop(k)) for k in ("sigma_min", "sigma_max", "sigma_data")}
     block = {"num_heads": 1, "eps": 1e-6, "skip_scale": float(np.sqrt(0.5)),
              "resample_proj": True, "adaptive_scale": False}
@@ -282,4 +283,4 @@ def write_edm(path, module, variables):
                 "augment_pipe": None,
                 "dataset_kwargs": _easy_dict({"resolution": module.img_resolution})}
     with open(path, "wb") as f:
-        f.write(tp.dumps_plain(snapshot))
+        f.write(pickle_writer.dumps_plain(snapshot))

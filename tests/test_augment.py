@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgr_jax import augment
+from mgr_jax import synthetic_augment
 
 N = 2
 IMAGES = jax.random.uniform(jax.random.key(0), (N, 12, 12, 3), minval=0.1, maxval=0.9)
@@ -12,11 +12,11 @@ KEY = jax.random.key(5)
 
 
 def _apply(name, images=IMAGES, magnitude=0.6, sign=1.0):
-    op = jnp.full((N,), augment.OPS.index(name))
-    return augment.apply_op(images, op, jnp.full((N,), magnitude), jnp.full((N,), sign), KEY)
+    op = jnp.full((N,), synthetic_augment.OPS.index(name))
+    return synthetic_augment.apply_op(images, op, jnp.full((N,), magnitude), jnp.full((N,), sign), KEY)
 
 
-@pytest.mark.parametrize("name", augment.OPS)
+@pytest.mark.parametrize("name", synthetic_augment.OPS)
 def test_every_op_has_a_finite_non_zero_image_gradient(name):
     weights = jax.random.normal(jax.random.key(1), IMAGES.shape)
     grad = jax.grad(lambda x: jnp.sum(_apply(name, x) * weights))(IMAGES)
@@ -57,13 +57,13 @@ def test_posterize_is_straight_through_and_cutout_blocks_the_hole():
 
 def test_identity_and_geometric_identity_at_zero_magnitude():
     np.testing.assert_allclose(_apply("identity"), IMAGES, atol=1e-6)
-    for name in augment.GEOMETRIC:
+    for name in synthetic_augment.GEOMETRIC:
         np.testing.assert_allclose(_apply(name, magnitude=0.0), IMAGES, atol=1e-5)
 
 
 def test_rand_augment_is_per_sample_jittable_and_keyed():
     images = jnp.tile(IMAGES[:1], (16, 1, 1, 1))
-    fn = jax.jit(augment.rand_augment)
+    fn = jax.jit(synthetic_augment.rand_augment)
     a, b = fn(KEY, images), fn(KEY, images)
     np.testing.assert_array_equal(a, b)
     c = fn(jax.random.key(9), images)
@@ -89,7 +89,7 @@ def test_warp_equals_dm_pix_affine_transform():
         return pix.affine_transform(image, jnp.eye(3).at[:2, :2].set(a2), offset=offset,
                                     order=1, mode="constant", cval=0.0)
     want = jax.vmap(reference)(images, a, t)
-    np.testing.assert_allclose(augment._warp(images, a, t), want, atol=1e-5)
+    np.testing.assert_allclose(synthetic_augment._warp(images, a, t), want, atol=1e-5)
     assert float(jnp.abs(want[3]).max()) == 0.0
 
 
@@ -98,4 +98,4 @@ def test_smooth_is_pil_smooth_kernel_with_edge_padding():
     k = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float64) / 13.0
     padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
     want = sum(k[dy, dx] * padded[:, dy:dy + 12, dx:dx + 12] for dy in range(3) for dx in range(3))
-    np.testing.assert_allclose(augment._smooth(IMAGES), want, atol=1e-6)
+    np.testing.assert_allclose(synthetic_augment._smooth(IMAGES), want, atol=1e-6)

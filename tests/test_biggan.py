@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from converters import biggan as conv
-from converters import torch_pickle
-from converters.torch_pickle import Global, Reduce
+from converters import pickle_writer, torch_pickle
+from converters.pickle_writer import Global, Reduce
 from mgr_jax.generators import biggan
+from mgr_jax.models import biggan as biggan_net
 
 NAME = "biggan_cond10_res32"
 KEEP = ("resolution", "n_classes", "G_ch", "dim_z", "shared_dim", "hier", "G_shared", "G_attn",
@@ -82,7 +83,7 @@ def test_train_mode_updates_buffers_when_mutable(fx):
     u = upd["spectral_norm"]["linear"]["u"]
     np.testing.assert_allclose(np.linalg.norm(u, axis=1), 1.0, rtol=1e-5)
     x = np.random.default_rng(0).normal(1.0, 2.0, (3, 4, 4, 5)).astype(np.float32)
-    bn = biggan.OutputBN()
+    bn = biggan_net.OutputBN()
     v = bn.init(jax.random.key(0), x, train=False)
     v = {"params": v["params"], "batch_stats": {"mean": np.full(5, 0.5, np.float32),
                                                 "var": np.full(5, 2.0, np.float32)}}
@@ -108,7 +109,7 @@ def test_settings_read_from_the_state_dict(fx):
     path = os.path.join(fixtures, NAME + ".G_ema.pth")
     inferred, _ = conv.convert(path, BN_eps=kwargs["BN_eps"], SN_eps=kwargs["SN_eps"])
     assert inferred == module
-    assert biggan.g_arch(16, 32, "16")["in_channels"] == [64, 64, 64]
+    assert biggan_net.g_arch(16, 32, "16")["in_channels"] == [64, 64, 64]
     json_module, _ = conv.convert(path, kwargs_json=os.path.join(fixtures, NAME + ".json"))
     assert json_module == module
 
@@ -133,11 +134,11 @@ def test_wrong_tensor_shape_names_the_key(fx, tmp_path):
     sd = dict(torch_pickle.load(os.path.join(fixtures, NAME + ".G_ema.pth")))
     sd["blocks.1.1.theta.weight"] = np.zeros((4, 64, 1, 1), np.float32)
     path = tmp_path / "G_bad.pth"
-    torch_pickle.save(path, sd)
+    pickle_writer.save(path, sd)
     with pytest.raises(conv.ConversionError, match=r"blocks\.1\.1\.theta\.weight.*\(4, 64, 1, 1\)"):
         conv.convert(str(path), **kwargs)
     del sd["blocks.1.1.theta.weight"]
-    torch_pickle.save(path, sd)
+    pickle_writer.save(path, sd)
     with pytest.raises(conv.ConversionError, match="lacks"):
         conv.convert(str(path), **kwargs)
 
@@ -172,7 +173,7 @@ def test_unshared_two_sv_checkpoint_round_trips(tmp_path):
     """
     kw = dict(resolution=32, n_classes=3, G_ch=4, dim_z=8, G_shared=False, G_attn="16",
               num_G_SVs=2)
-    module = biggan.BigGAN(**kw)
+    module = biggan_net.BigGAN(**kw)
     z = np.random.default_rng(1).normal(size=(2, 8)).astype(np.float32)
     y = np.array([2, 0], np.int32)
     # Random values in init's shapes: Flax's own init would compile ~200 small programs.
@@ -184,7 +185,7 @@ def test_unshared_two_sv_checkpoint_round_trips(tmp_path):
         for c, t in shapes.items()}
     sd = _torch_state_dict(variables)
     assert "blocks.0.0.bn1.gain.weight" in sd and "shared.weight" not in sd
-    torch_pickle.save(tmp_path / "G.pth", sd)
+    pickle_writer.save(tmp_path / "G.pth", sd)
     got_module, got = conv.convert(str(tmp_path / "G.pth"), SN_eps=1e-12)
     assert got_module == module
     run = jax.jit(lambda m, v: m.apply(v, z, y), static_argnums=0)
@@ -200,7 +201,7 @@ def test_malicious_checkpoint_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "G_ema.pth"
     evil = {"linear.weight": Reduce(Global("os", "system"), (f"touch {marker}",))}
-    torch_pickle.save(path, evil)
+    pickle_writer.save(path, evil)
     with pytest.raises(torch_pickle.UnsafePickleError, match="os.system"):
         conv.convert(str(path), resolution=32)
     assert not marker.exists()

@@ -20,9 +20,8 @@ import scipy.io
 from PIL import Image
 
 from configs import cars as cars_config
-from mgr_jax import datasets, input_pipeline, real_augment
-from mgr_jax.datasets import transforms
-from mgr_jax.datasets.pipeline import GrainPipeline
+from mgr_jax.data import datasets, loader, memory, protocol, real_augment, transforms
+from mgr_jax.data.grain_pipeline import GrainPipeline
 from mgr_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -238,8 +237,8 @@ def test_dataset_from_official_files(archives, name):
 def test_create_pipeline_batches(archives):
     manual_dir, _ = archives["cars"]
     config = make_config("cars", manual_dir)
-    pipe = input_pipeline.create_pipeline(config)
-    assert isinstance(pipe, GrainPipeline)
+    pipe = loader.create_pipeline(config)
+    assert isinstance(pipe, GrainPipeline) and isinstance(pipe, loader.Pipeline)
     assert (pipe.name, pipe.num_classes, pipe.image_size) == ("cars", 196, 24)
     sizes = pipe.split_sizes()
     assert sizes == {"train": 27, "val": 3, "test": 12}  # 9:1 per class, official test.
@@ -251,8 +250,8 @@ def test_create_pipeline_batches(archives):
     assert b["label"].shape == (4,) and b["label"].dtype == np.int32
     assert b["val_image"].shape == (4, 24, 24, 3) and b["val_label"].dtype == np.int32
     # Normalised with the ImageNet statistics: [0, 1] maps into this range.
-    lo = (0 - input_pipeline.MEAN_RGB) / input_pipeline.STDDEV_RGB
-    hi = (1 - input_pipeline.MEAN_RGB) / input_pipeline.STDDEV_RGB
+    lo = (0 - protocol.MEAN_RGB) / protocol.STDDEV_RGB
+    hi = (1 - protocol.MEAN_RGB) / protocol.STDDEV_RGB
     assert np.all(b["image"] >= lo - 1e-5) and np.all(b["image"] <= hi + 1e-5)
     assert set(np.concatenate([x["label"] for x in batches]).tolist()) <= {0, 1, 2}
     evals = list(pipe.eval_batches("test"))
@@ -267,14 +266,14 @@ def test_create_pipeline_batches(archives):
     other = list(pipe.train_batches(2))
     assert not np.array_equal(other[0]["image"], batches[0]["image"])
     # One stream serves consecutive epochs; an epoch left half-read is started afresh.
-    fresh = input_pipeline.create_pipeline(config)
+    fresh = loader.create_pipeline(config)
     first = fresh.train_batches(2)
     next(first)
     first.close()
     assert fresh._stream is None
     assert all(np.array_equal(x["image"], y["image"])
                for x, y in zip(other, fresh.train_batches(2)))
-    fresh = input_pipeline.create_pipeline(config)
+    fresh = loader.create_pipeline(config)
     list(fresh.train_batches(1))
     stream = fresh._stream
     assert stream is not None and stream.next_epoch == 2
@@ -294,9 +293,9 @@ def test_worker_processes_give_the_same_batches(archives):
     """Batches do not depend on how many workers make them (per-image seeds)."""
     manual_dir, _ = archives["pets"]
     config = make_config("pets", manual_dir, augment="randaugment")
-    ref = list(input_pipeline.create_pipeline(config).train_batches(1, with_val=True))
+    ref = list(loader.create_pipeline(config).train_batches(1, with_val=True))
     config.data.num_workers = 2
-    pipe = input_pipeline.create_pipeline(config)
+    pipe = loader.create_pipeline(config)
     got = list(pipe.train_batches(1, with_val=True))
     got2 = list(pipe.train_batches(2))  # a new stream: with_val changed.
     assert len(got) == len(ref)
@@ -304,7 +303,7 @@ def test_worker_processes_give_the_same_batches(archives):
         assert sorted(x) == sorted(y) == ["image", "label", "val_image", "val_label"]
         assert all(np.array_equal(x[k], y[k]) for k in x)
     config.data.num_workers = 0
-    ref2 = list(input_pipeline.create_pipeline(config).train_batches(2))
+    ref2 = list(loader.create_pipeline(config).train_batches(2))
     assert all(np.array_equal(x["image"], y["image"]) for x, y in zip(ref2, got2))
 
 
@@ -325,7 +324,7 @@ EXPECTED_D_SHA256 = "ee0d865a185cd1f08560f0c37827e230af2586c42aa517c54e32974d89b
 
 
 def _val_keys(root, **data):
-    pipe = datasets.create_pipeline(make_config("imagefolder", root, **data))
+    pipe = loader.create_pipeline(make_config("imagefolder", root, **data))
     return pipe, pipe.split_keys("val")
 
 
@@ -359,13 +358,13 @@ def test_imagefolder_splits_are_fixed(tmp_path):
 def test_imagefolder_train_test_folders(tmp_path):
     _image_folder(str(tmp_path / "train"), [5, 6])
     _image_folder(str(tmp_path / "test"), [2, 1])
-    pipe = datasets.create_pipeline(make_config("imagefolder", tmp_path))
+    pipe = loader.create_pipeline(make_config("imagefolder", tmp_path))
     assert pipe.split_sizes()["test"] == 3 and pipe.num_classes == 2
     assert pipe.split_sizes()["train"] + pipe.split_sizes()["val"] == 11
 
 
 def builder_cls(name):
-    return importlib.import_module(f"mgr_jax.datasets.{name}").BUILDER
+    return importlib.import_module(f"mgr_jax.data.datasets.{name}").BUILDER
 
 
 @pytest.mark.parametrize("name", sorted(MAKERS))
@@ -426,11 +425,11 @@ def test_truncated_archive_and_missing_images(archives, tmp_path):
 
 def test_unknown_dataset_and_bad_fields(tmp_path):
     with pytest.raises(UserError, match="not a known dataset"):
-        input_pipeline.create_pipeline(make_config("imagenet", tmp_path))
+        loader.create_pipeline(make_config("imagenet", tmp_path))
     with pytest.raises(UserError, match="num_workers"):
-        datasets.create_pipeline(make_config("imagefolder", tmp_path, num_workers=-1))
+        loader.create_pipeline(make_config("imagefolder", tmp_path, num_workers=-1))
     with pytest.raises(UserError, match="not a folder"):
-        datasets.create_pipeline(make_config("imagefolder", tmp_path / "nothing"))
+        loader.create_pipeline(make_config("imagefolder", tmp_path / "nothing"))
 
 
 # ---------------------------------------------------------------------------- transforms
@@ -512,8 +511,8 @@ def test_policies_are_seeded(name):
 
 
 def test_array_augment_hook_on_digits():
-    images01, _ = input_pipeline.load_digits_arrays(16)
-    images = input_pipeline.normalize(images01[:8])
+    images01, _ = memory.load_digits_arrays(16)
+    images = images01[:8]
     assert real_augment.array_augment_fn("none") is None
     fn = real_augment.array_augment_fn("trivialaugment")
     a = fn(images, np.random.default_rng(0))
@@ -521,7 +520,7 @@ def test_array_augment_hook_on_digits():
     assert a.shape == images.shape and a.dtype == np.float32 and np.array_equal(a, b)
     config = make_config("digits", "")
     config.data.image_size, config.data.augment = 16, "randaugment"
-    pipe = input_pipeline.create_pipeline(config)
+    pipe = loader.create_pipeline(config)
     batch = next(iter(pipe.train_batches(1)))
     assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.float32
     with pytest.raises(ValueError):

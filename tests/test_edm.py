@@ -11,6 +11,7 @@ import pytest
 from converters import edm as edm_converter
 from converters import torch_pickle
 from mgr_jax.generators import edm
+from mgr_jax.models import edm as edm_net
 
 NAME = "edm_songunet_cond10_res16"
 
@@ -203,7 +204,7 @@ def _random_variables(module, x, labels, seed=0):
 def test_variants_build_and_differentiate(variant):
     kwargs = dict(img_resolution=8, img_channels=3, model_channels=8, channel_mult=[1, 2],
                   num_blocks=1, attn_resolutions=[4], dropout=0.0, **VARIANTS[variant])
-    module = edm.build(**kwargs)
+    module = edm_net.build(**kwargs)
     labels = jax.nn.one_hot(jnp.arange(2) % 3, 3) if kwargs["label_dim"] else None
     latents = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
     variables = _random_variables(module, latents, labels)
@@ -230,15 +231,15 @@ def test_resampling_matches_transposed_convolution():
     """Up/down-sampling equal a direct loop over PyTorch's conv_transpose2d/conv2d definition."""
     x = np.random.default_rng(0).normal(size=(1, 6, 6, 2)).astype(np.float32)
     for taps in [(1, 1), (1, 3, 3, 1)]:
-        f = edm.resample_buffer(taps)
+        f = edm_net.resample_buffer(taps)
         k, pad = f.shape[0], (f.shape[0] - 1) // 2
         full = np.zeros((1, 5 * 2 + k, 5 * 2 + k, 2), np.float32)
         for i in range(6):
             for j in range(6):
                 full[0, 2 * i:2 * i + k, 2 * j:2 * j + k] += x[0, i, j] * 4 * f[:, :, None]
         want = full[:, pad:full.shape[1] - pad, pad:full.shape[2] - pad]
-        np.testing.assert_allclose(edm._upsample(x, taps, pad), want, atol=1e-6)
+        np.testing.assert_allclose(edm_net._upsample(x, taps, pad), want, atol=1e-6)
         padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
         want = np.stack([[np.einsum("hwc,hw->c", padded[0, 2 * i:2 * i + k, 2 * j:2 * j + k], f)
                           for j in range(3)] for i in range(3)])[None]
-        np.testing.assert_allclose(edm._downsample(x, taps, pad), want, atol=1e-6)
+        np.testing.assert_allclose(edm_net._downsample(x, taps, pad), want, atol=1e-6)

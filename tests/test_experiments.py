@@ -16,9 +16,22 @@ import sys
 import numpy as np
 import pytest
 
-from mgr_jax import checkpoints, config_lib, train
-from mgr_jax.experiments import (ablation_finder, ablation_update, augment, common,
-                                 compare_hypergrad, figures, sweep_lambda, table1)
+from mgr_jax import checkpoints, config_lib, files, train
+from mgr_jax.experiments import (
+    ablation_finder,
+    ablation_update,
+    augment,
+    cli,
+    compare_hypergrad,
+    figures,
+    plots,
+    runs,
+    snapshots,
+    sweep_lambda,
+    table1,
+    tables,
+)
+from mgr_jax.experiments.probe import Probe
 from tests.helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +69,7 @@ class FakeTrainer:
         checkpoints.check_workdir_config(workdir, config_dict)
         checkpoints.write_config(workdir, config_dict)
         metrics_path = os.path.join(workdir, "metrics.jsonl")
-        done = len(common.read_metrics(workdir))
+        done = len(runs.read_metrics(workdir))
         last = config.num_epochs if max_epochs_this_run is None else min(
             config.num_epochs, done + max_epochs_this_run)
         state = train.setup(config)[3] if self.save_checkpoints else None
@@ -78,12 +91,12 @@ class FakeTrainer:
         if last < config.num_epochs:
             return None
         results = self.numbers(config)
-        common.write_json(os.path.join(workdir, "results.json"), results)
+        files.write_json(os.path.join(workdir, "results.json"), results)
         return results
 
     @staticmethod
     def numbers(config):
-        rng = np.random.default_rng(int(common.config_hash(config), 16))
+        rng = np.random.default_rng(int(runs.config_hash(config), 16))
         sps = 1.0 if config.mps.hypergradient == "exact" else 1.25
         if config.mps.log_hypergrad_cosine:
             sps = 0.5
@@ -93,7 +106,7 @@ class FakeTrainer:
                 "val_top1": round(float(rng.uniform(40, 60)), 4),
                 "test_top1": round(float(rng.uniform(40, 60)), 4),
                 "wall_clock_s": steps / sps, "steps_per_s": sps,
-                "num_epochs": config.num_epochs, "lambda": common.get_lambda(config)}
+                "num_epochs": config.num_epochs, "lambda": runs.get_lambda(config)}
 
 
 def _results(job):
@@ -103,7 +116,7 @@ def _results(job):
 
 def _check_cells(csv_path, jobs, column_of_key=None):
     """Every cell of a table CSV is the mean ± std of its runs' results.json numbers."""
-    cells = common.read_table_csv(csv_path)
+    cells = tables.read_table_csv(csv_path)
     assert cells
     for (row, column), cell in cells.items():
         key = (column_of_key or {}).get(column, "test_top1")
@@ -121,15 +134,15 @@ def _check_cells(csv_path, jobs, column_of_key=None):
 # ----------------------------------------------------------------------------- pure parts
 
 def test_mean_std_and_table_against_hand_computed_numbers(tmp_path):
-    mean, std, n = common.mean_std([85.7, 85.9, 85.8])
+    mean, std, n = tables.mean_std([85.7, 85.9, 85.8])
     assert (round(mean, 10), round(std, 10), n) == (85.8, 0.1, 3)  # sqrt(0.02 / 2) = 0.1
-    mean, std, n = common.mean_std([1.0, 2.0, 4.0, float("nan")])  # a failed run is skipped
+    mean, std, n = tables.mean_std([1.0, 2.0, 4.0, float("nan")])  # a failed run is skipped
     assert n == 3 and mean == pytest.approx(7 / 3)
     assert std == pytest.approx(np.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2
                                          + (4 - 7 / 3) ** 2) / 2))
-    assert np.isnan(common.mean_std([3.0])[1]) and common.mean_std([])[2] == 0
+    assert np.isnan(tables.mean_std([3.0])[1]) and tables.mean_std([])[2] == 0
 
-    table = common.Table("t", "T", "Method", ["A", "B"], highlight="max", baseline_row="Base")
+    table = tables.Table("t", "T", "Method", ["A", "B"], highlight="max", baseline_row="Base")
     table.add("Base", "A", [85.7, 85.9, 85.8])
     table.add("Base", "B", [10.0])
     table.add("Ours", "A", [87.0, 87.5, float("nan")])
@@ -139,7 +152,7 @@ def test_mean_std_and_table_against_hand_computed_numbers(tmp_path):
     assert "| Ours | **<u>87.25 ± 0.35 (1 failed)</u>** | 9.25 ± 0.35 |" in md
     path = tmp_path / "t.csv"
     path.write_text(table.csv_text())
-    cells = common.read_table_csv(str(path))
+    cells = tables.read_table_csv(str(path))
     assert cells[("Base", "A")]["mean"] == pytest.approx(85.8)
     assert cells[("Base", "A")]["std"] == pytest.approx(0.1)
     assert cells[("Ours", "A")]["n"] == 2 and len(cells[("Ours", "A")]["values"]) == 3
@@ -148,21 +161,21 @@ def test_mean_std_and_table_against_hand_computed_numbers(tmp_path):
 
 def test_run_names_come_from_the_settings():
     base = tiny()
-    a = common.make_job(base, {"method": "mgr", "mps.hypergradient": "finite_difference"}, 1)
-    b = common.make_job(base, {"mps.hypergradient": "finite_difference", "method": "mgr"}, 1)
+    a = runs.make_job(base, {"method": "mgr", "mps.hypergradient": "finite_difference"}, 1)
+    b = runs.make_job(base, {"mps.hypergradient": "finite_difference", "method": "mgr"}, 1)
     assert a.name == b.name
     assert a.name.startswith("digits-mgr-s1-mps.hypergradient=finite_difference-")
     # A value equal to the base config's adds nothing to the name: the runs are identical.
-    same = common.make_job(base, {"method": "mgr", "lambda": common.get_lambda(base)}, 0)
-    assert same.name == common.make_job(base, {"method": "mgr"}, 0).name
+    same = runs.make_job(base, {"method": "mgr", "lambda": runs.get_lambda(base)}, 0)
+    assert same.name == runs.make_job(base, {"method": "mgr"}, 0).name
     # Any other change of the config (here in the base) gives another directory.
     other = tiny(**{"model.width": 0.25})
-    assert common.make_job(other, {"method": "mgr"}, 0).name != same.name
+    assert runs.make_job(other, {"method": "mgr"}, 0).name != same.name
     # Where the data is and how it is loaded do not change a run.
     moved = tiny(**{"data.manual_dir": "/elsewhere", "data.num_workers": 0})
-    assert common.make_job(moved, {"method": "mgr"}, 0).name == same.name
-    assert common.get_lambda(common.make_job(base, {"method": "pcr"}, 0,
-                                             lambda_map={"pcr": 0.3}).config) == 0.3
+    assert runs.make_job(moved, {"method": "mgr"}, 0).name == same.name
+    assert runs.get_lambda(runs.make_job(base, {"method": "pcr"}, 0,
+                                         lambda_map={"pcr": 0.3}).config) == 0.3
 
 
 def test_lambda_choice_takes_the_best_validation_and_skips_failed_runs():
@@ -180,7 +193,7 @@ def test_command_line_parses_in_process(tmp_path):
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        kwargs = common.parse_command_line(table1, argv)
+        kwargs = cli.parse_command_line(table1, argv)
     finally:
         os.chdir(cwd)
     assert kwargs["seeds"] == [0, 2] and kwargs["methods"] == ["base", "gda"]
@@ -227,16 +240,16 @@ def test_table1_trains_tabulates_and_skips_finished_runs(tmp_path, pool):
 
 def test_sweep_lambda_chooses_on_validation_and_reruns_the_final_seeds(tmp_path, pool):
     # The base config's lambda reuses table1's gda run; 0.5 trains one more.
-    lambdas = sorted({common.get_lambda(tiny()), 0.5})
+    lambdas = sorted({runs.get_lambda(tiny()), 0.5})
     out = sweep_lambda.run(tiny(), str(tmp_path), seeds=(0,), methods=("base", "gda"),
                            lambdas=lambdas, runs_dir=pool)
-    sweep = common.read_table_csv(out["paths"]["sweep_lambda"])
+    sweep = tables.read_table_csv(out["paths"]["sweep_lambda"])
     assert set(sweep) == {("GDA", f"λ={lam:g}") for lam in lambdas}
     val = {lam: sweep[("GDA", f"λ={lam:g}")]["mean"] for lam in lambdas}
     assert out["chosen"] == {"gda": sweep_lambda.choose_lambda(val)}
     with open(out["paths"]["chosen"]) as f:
         assert json.load(f) == out["chosen"]
-    final = common.read_table_csv(out["paths"]["sweep_lambda_final"])
+    final = tables.read_table_csv(out["paths"]["sweep_lambda_final"])
     assert final[("GDA", "chosen λ")]["mean"] == out["chosen"]["gda"]
     assert np.isnan(final[("Base Model", "chosen λ")]["mean"])
     final_jobs = [j for j in out["jobs"] if j.column == "final"]
@@ -266,10 +279,10 @@ def test_figures(tmp_path, pool):
     for path in out["figures"].values():
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    val = common.read_table_csv(out["paths"]["figures_val_loss"])
+    val = tables.read_table_csv(out["paths"]["figures_val_loss"])
     assert set(val) == {("1", "Uniform (PCR)"), ("1", "MPS (MGR (PCR+MPS))")}
     assert val[("1", "MPS (MGR (PCR+MPS))")]["mean"] == 2.0  # FakeTrainer's val_loss
-    fd = common.read_table_csv(out["paths"]["figures_frechet"])
+    fd = tables.read_table_csv(out["paths"]["figures_frechet"])
     assert all(np.isfinite(c["mean"]) and c["mean"] >= 0 for c in fd.values()) and len(fd) == 2
     # Only the MPS run was faked, and trained in a piece that ends at its snapshot epoch.
     assert [c[2] for c in trainer.calls if c[0] == "mgr"] == [1]
@@ -286,7 +299,7 @@ def test_compare_hypergrad(tmp_path):
     out = compare_hypergrad.run(tiny(num_epochs=2), str(tmp_path), seeds=(0, 1),
                                 trainer=trainer)
     assert len(trainer.calls) == 6  # exact, finite difference, diagnostic x 2 seeds
-    main = common.read_table_csv(out["paths"]["compare_hypergrad"])
+    main = tables.read_table_csv(out["paths"]["compare_hypergrad"])
     exact, fd = compare_hypergrad.ARMS[0][1], compare_hypergrad.ARMS[1][1]
     arms = {hg: [j for j in out["jobs"] if j.column == hg] for hg in ("exact",
                                                                       "finite_difference")}
@@ -299,7 +312,7 @@ def test_compare_hypergrad(tmp_path):
     ratio = main[("exact / finite difference", "Step time (ms)")]
     assert ratio["mean"] == pytest.approx(1.25) and ratio["std"] == pytest.approx(0.0)
     assert main[("exact / finite difference", "Wall-clock (s)")]["mean"] == pytest.approx(1.25)
-    agree = common.read_table_csv(out["paths"]["compare_hypergrad_agreement"])
+    agree = tables.read_table_csv(out["paths"]["compare_hypergrad_agreement"])
     assert agree[("MGR (PCR+MPS)", "cos(exact, FD)")]["mean"] == pytest.approx(0.915)
     assert agree[("MGR (PCR+MPS)", "min epoch cos")]["mean"] == pytest.approx(0.91)
     assert agree[("MGR (PCR+MPS)", "‖exact‖ / ‖FD‖")]["mean"] == pytest.approx(1.1)
@@ -324,13 +337,13 @@ def test_ablation_update_and_a_half_done_run_resumes(tmp_path):
     trainer = FakeTrainer()
     # A run interrupted after epoch 1 of 2 (no results.json) goes back to the trainer.
     config = tiny(num_epochs=2)
-    job = common.make_job(config, ablation_update.VARIANTS["max_ce"][1], 0)
+    job = runs.make_job(config, ablation_update.VARIANTS["max_ce"][1], 0)
     workdir = os.path.join(str(tmp_path), "runs", job.name)
     assert trainer(job.config, workdir, max_epochs_this_run=1) is None
     out = ablation_update.run(config, str(tmp_path), seeds=(0,),
                               variants=("max_ce", "max_pcr"), trainer=trainer)
     assert [c[0] for c in trainer.calls] == ["mgr", "mgr", "mgr"]
-    assert len(common.read_metrics(workdir)) == 2  # resumed at epoch 2, not restarted
+    assert len(runs.read_metrics(workdir)) == 2  # resumed at epoch 2, not restarted
     _check_cells(out["paths"]["ablation_update"], out["jobs"],
                  {"Test top-1 (%)": "test_top1", "Val top-1 (%)": "val_top1"})
     rows = [j.config.mps.finder_update for j in out["jobs"]]
@@ -340,14 +353,14 @@ def test_ablation_update_and_a_half_done_run_resumes(tmp_path):
 def test_snapshots_are_taken_between_training_pieces(tmp_path):
     trainer = FakeTrainer(save_checkpoints=True)
     config = tiny(num_epochs=3, method="mgr")
-    job = common.make_job(config, {}, 0)
+    job = runs.make_job(config, {}, 0)
     job.workdir = str(tmp_path / job.name)
     settings = {"embed_samples": 8, "fd_samples": 16, "fd_space": "self", "metric": None}
-    snaps = figures.Snapshots(job, "k", feature_epochs=(2,), fd_epochs=(1, 3),
-                              settings=settings)
-    probe = figures.Probe(job.config, num_synthetic=16)
+    snaps = snapshots.Snapshots(job, "k", feature_epochs=(2,), fd_epochs=(1, 3),
+                                settings=settings)
+    probe = Probe(job.config, num_synthetic=16)
     try:
-        result = figures.train_with_snapshots(job, snaps, probe, trainer)
+        result = snapshots.train_with_snapshots(job, snaps, probe, trainer)
     finally:
         probe.close()
     assert result["num_epochs"] == 3
@@ -361,16 +374,16 @@ def test_snapshots_are_taken_between_training_pieces(tmp_path):
 def test_compare_hypergrad_with_real_mgr_runs(tmp_path):
     """Three real MGR runs (minutes of compilation on a CPU): the logged agreement is real."""
     out = compare_hypergrad.run(tiny(), str(tmp_path), seeds=(0,))
-    agree = common.read_table_csv(out["paths"]["compare_hypergrad_agreement"])
+    agree = tables.read_table_csv(out["paths"]["compare_hypergrad_agreement"])
     cos = agree[("MGR (PCR+MPS)", "cos(exact, FD)")]["mean"]
     assert -1.0 <= cos <= 1.0
     assert agree[("MGR (PCR+MPS)", "‖exact‖ / ‖FD‖")]["mean"] > 0
     assert agree[("MGR (PCR+MPS)", "logging overhead (×)")]["mean"] > 0
-    main = common.read_table_csv(out["paths"]["compare_hypergrad"])
+    main = tables.read_table_csv(out["paths"]["compare_hypergrad"])
     assert main[("exact / finite difference", "Step time (ms)")]["mean"] > 0
 
 
 @pytest.mark.slow
 def test_umap_embedding():
-    xy = figures.embed_2d(np.random.default_rng(0).normal(size=(60, 8)), "umap")
+    xy = plots.embed_2d(np.random.default_rng(0).normal(size=(60, 8)), "umap")
     assert xy.shape == (60, 2) and np.all(np.isfinite(xy))

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from converters import fastgan as conv
-from converters import torch_pickle
-from converters.torch_pickle import Global, Reduce
+from converters import pickle_writer, torch_pickle
+from converters.pickle_writer import Global, Reduce
 from mgr_jax.generators import fastgan
+from mgr_jax.models import fastgan as fastgan_net
 
 NAME = "fastgan_res256_ngf8"
 
@@ -57,14 +58,14 @@ def fx(fixtures_dir):
 
 def test_architecture_read_from_checkpoint(fx):
     _, meta, _, module, _, _ = fx
-    assert module.clone(precision=None) == fastgan.FastGAN(**meta["G_kwargs"], precision=None)
+    assert module.clone(precision=None) == fastgan_net.FastGAN(**meta["G_kwargs"], precision=None)
 
 
 def test_registration_order_matches_official(fx):
     """The order is derived from our module layout; the .json is the official ground truth."""
     _, meta, _, _, _, _ = fx
-    assert fastgan.parameter_names(256) == meta["g_ema_param_names"]
-    assert fastgan.noise_paths(256) == [v["npz_key"][len("noise_"):]
+    assert fastgan_net.parameter_names(256) == meta["g_ema_param_names"]
+    assert fastgan_net.noise_paths(256) == [v["npz_key"][len("noise_"):]
                                         for v in meta["noise"]["layers"].values()]
 
 
@@ -106,7 +107,7 @@ def test_malicious_checkpoint_is_refused(tmp_path):
     path = tmp_path / "all_1.pth"
     evil = {"g": {"module.init.init.0.weight_orig":
                   Reduce(Global("os", "system"), (f"touch {marker}",))}, "g_ema": []}
-    torch_pickle.save(path, evil)
+    pickle_writer.save(path, evil)
     with pytest.raises(torch_pickle.UnsafePickleError, match="os.system"):
         conv.convert(str(path))
     assert not marker.exists()
@@ -117,7 +118,7 @@ def test_malicious_checkpoint_is_refused(tmp_path):
 def test_noise_injection_modes():
     """Given noise is used as is; 'random' draws from the key; 'none' adds nothing."""
     feat = np.ones((2, 4, 4, 3), np.float32)
-    layer = fastgan.NoiseInjection()
+    layer = fastgan_net.NoiseInjection()
     v = {"params": {"weight": np.array([0.5], np.float32)}}
     given = np.arange(32, dtype=np.float32).reshape(2, 4, 4, 1)
     np.testing.assert_allclose(layer.apply(v, feat, given), feat + 0.5 * given)

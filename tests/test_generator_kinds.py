@@ -20,7 +20,10 @@ from ml_collections import config_flags
 
 from mgr_jax import config_lib, train
 from mgr_jax.errors import UserError
-from mgr_jax.generators import biggan, edm, fastgan, load_generator
+from mgr_jax.generators import load_generator
+from mgr_jax.models import biggan as biggan_net
+from mgr_jax.models import edm as edm_net
+from mgr_jax.models import fastgan as fastgan_net
 from mgr_jax.models import stylegan2
 from tests import official_files
 from tests.helpers import tiny_config
@@ -64,7 +67,7 @@ def _stylegan2_ada(tmp):
 
 def _biggan(tmp):
     # BN_eps is not visible in the weights: it travels in the JSON, through generator.kwargs.
-    module = biggan.BigGAN(resolution=32, n_classes=NUM_CLASSES, G_ch=2, dim_z=8, shared_dim=4,
+    module = biggan_net.BigGAN(resolution=32, n_classes=NUM_CLASSES, G_ch=2, dim_z=8, shared_dim=4,
                            hier=True, G_attn="16", BN_eps=0.02, SN_eps=1e-6)
     shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 8)),
                             jnp.zeros((1,), jnp.int32))
@@ -96,7 +99,7 @@ def _biggan(tmp):
 
 
 def _fastgan(tmp):
-    module = fastgan.FastGAN(ngf=2, nz=8, nc=3, im_size=256)  # 256: the smallest official size
+    module = fastgan_net.FastGAN(ngf=2, nz=8, nc=3, im_size=256)  # 256: the smallest official size
     shapes = jax.eval_shape(module.init, {"params": jax.random.key(0),
                                           "noise": jax.random.key(1)}, jnp.zeros((1, 8)))
 
@@ -158,7 +161,7 @@ def _heun(denoise, latents, num_steps, sigma_min=0.002, sigma_max=80.0, rho=7.0)
 
 
 def _edm(tmp):
-    module = edm.build(img_resolution=8, img_channels=3, label_dim=NUM_CLASSES,
+    module = edm_net.build(img_resolution=8, img_channels=3, label_dim=NUM_CLASSES,
                        model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[],
                        dropout=0.0)
     shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)),

@@ -3,22 +3,22 @@ import hashlib
 
 import numpy as np
 
-from mgr_jax import input_pipeline
+from mgr_jax.data import loader, protocol
 from tests.helpers import tiny_config
 
 
 def test_stratified_split_fractions_and_disjointness():
     labels = np.repeat(np.arange(5), [40, 30, 20, 10, 3])
-    kept, held = input_pipeline.stratified_split(labels, 0.1, seed=0)
+    kept, held = protocol.stratified_split(labels, 0.1, seed=0)
     assert len(np.intersect1d(kept, held)) == 0 and len(kept) + len(held) == len(labels)
     np.testing.assert_array_equal(np.bincount(labels[held]), [4, 3, 2, 1, 1])
 
 
 def test_splits_are_fixed_by_seed_and_change_with_it():
     labels = np.repeat(np.arange(10), 50)
-    a = input_pipeline.protocol_splits(labels, val_fraction=0.1, subset_fraction=0.25, seed=3)
-    b = input_pipeline.protocol_splits(labels, val_fraction=0.1, subset_fraction=0.25, seed=3)
-    c = input_pipeline.protocol_splits(labels, val_fraction=0.1, subset_fraction=0.25, seed=4)
+    a = protocol.protocol_splits(labels, val_fraction=0.1, subset_fraction=0.25, seed=3)
+    b = protocol.protocol_splits(labels, val_fraction=0.1, subset_fraction=0.25, seed=3)
+    c = protocol.protocol_splits(labels, val_fraction=0.1, subset_fraction=0.25, seed=4)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(a[0], c[0])
@@ -50,7 +50,7 @@ def input_pipeline_digest():
 
 def test_digits_pipeline_protocol():
     config = tiny_config(**{"data.subset_fraction": 1.0, "data.image_size": 16})
-    p = input_pipeline.create_pipeline(config)
+    p = loader.create_pipeline(config)
     sizes = p.split_sizes()
     assert sum(sizes.values()) == 1797
     assert abs(sizes["test"] - 0.2 * 1797) <= 10
@@ -59,15 +59,33 @@ def test_digits_pipeline_protocol():
     assert batch["image"].shape == (32, 16, 16, 3) and batch["val_image"].shape == (32, 16, 16, 3)
     # normalised with ImageNet statistics: a white pixel maps to (1 - mean) / std.
     np.testing.assert_allclose(batch["image"].max(axis=(0, 1, 2)),
-                               (1 - input_pipeline.MEAN_RGB) / input_pipeline.STDDEV_RGB,
+                               (1 - protocol.MEAN_RGB) / protocol.STDDEV_RGB,
                                rtol=1e-5)
     evals = list(p.eval_batches("test"))
     assert sum(b["mask"].sum() for b in evals) == sizes["test"]
 
 
 def test_epoch_order_is_a_permutation_per_epoch_and_differs_between_epochs():
-    a = input_pipeline.epoch_order(100, 10, seed=0, epoch=1)
-    b = input_pipeline.epoch_order(100, 10, seed=0, epoch=2)
+    a = protocol.epoch_order(100, 10, seed=0, epoch=1)
+    b = protocol.epoch_order(100, 10, seed=0, epoch=2)
     assert sorted(a.ravel()) == list(range(100)) and not np.array_equal(a, b)
-    tiny = input_pipeline.epoch_order(5, 8, seed=0, epoch=1)
+    tiny = protocol.epoch_order(5, 8, seed=0, epoch=1)
     assert tiny.shape == (1, 8)
+
+
+def test_both_pipelines_share_one_interface_and_one_normalisation():
+    """The in-memory pipeline implements loader.Pipeline (the grain one: test_datasets) and
+    normalises exactly once, with protocol.normalize, which treats uint8 and [0, 1] alike."""
+    config = tiny_config()
+    pipe = loader.create_pipeline(config)
+    assert isinstance(pipe, loader.Pipeline) and len(pipe.class_names) == pipe.num_classes
+    test = pipe.splits["test"]
+    assert test.images.min() >= 0.0 and test.images.max() <= 1.0  # stored unnormalised
+    batch = next(iter(pipe.eval_batches("test")))
+    n = int(batch["mask"].sum())
+    np.testing.assert_array_equal(batch["image"][:n], protocol.normalize(test.images[:n]))
+    u8 = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3)).astype(np.uint8)
+    np.testing.assert_allclose(protocol.normalize(u8), protocol.normalize(u8 / 255.0),
+                               atol=1e-6)
+    want = (u8[..., 1] / 255.0 - 0.456) / 0.224  # torchvision's ImageNet statistics (green)
+    np.testing.assert_allclose(protocol.normalize(u8)[..., 1], want, atol=1e-5)

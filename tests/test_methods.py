@@ -1,11 +1,13 @@
 """Every method's jitted train step on the small default; the MPS step's invariants."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from mgr_jax import hypergrad, losses, synthetic, train
+from mgr_jax import classifier, hypergrad, losses, synthetic, train
 from mgr_jax.config_lib import METHODS
 from tests.helpers import tiny_config
 
@@ -16,6 +18,18 @@ def _setup(method, **overrides):
     pipeline, model, m, state, rng = train.setup(config)
     batch = next(pipeline.train_batches(1, with_val=m.needs_val))
     return config, model, m, state, rng, batch
+
+
+@functools.lru_cache(maxsize=None)
+def _first_step_cached(method, overrides):
+    config, model, m, state0, rng, batch = _setup(method, **dict(overrides))
+    state1, metrics = jax.jit(m.train_step)(state0, batch, rng, m.frozen)
+    return config, model, m, state0, rng, batch, state1, metrics
+
+
+def _first_step(method, **overrides):
+    """_setup and one jitted step from it, shared by the tests of one config (one compile)."""
+    return _first_step_cached(method, tuple(sorted(overrides.items())))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -47,7 +61,7 @@ def _replay_objective(config, model, state0, batch, rng):
     gen, z, y, k_aug = _replay_draws(config, rng)
 
     def objective(params, phi):
-        logits, _, _ = train.classifier_forward(model, params, state0.batch_stats,
+        logits, _, _ = classifier.classifier_forward(model, params, state0.batch_stats,
                                                 batch["image"], True)
         x01 = synthetic.synthesize(gen, gen.params, Finder().apply(phi, z), y, 8)
         syn = synthetic.synthetic_loss("pcr", model, params, state0.batch_stats, x01, y, k_aug)
@@ -58,10 +72,9 @@ def _replay_objective(config, model, state0, batch, rng):
 def test_mps_step_touches_stats_and_optimiser_only_through_the_real_step():
     """After one MGR step: BN stats = one real-batch update; SGD trace = grad of the real step
     with x_p regenerated from the *updated* finder; the finder moved."""
-    config, model, m, state0, rng, batch = _setup("mgr")
-    state1, _ = jax.jit(m.train_step)(state0, batch, rng, m.frozen)
+    config, model, m, state0, rng, batch, state1, _ = _first_step("mgr")
 
-    _, _, stats_real = train.classifier_forward(model, state0.params, state0.batch_stats,
+    _, _, stats_real = classifier.classifier_forward(model, state0.params, state0.batch_stats,
                                                 batch["image"], True)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  state1.batch_stats, stats_real)
@@ -95,15 +108,16 @@ def _dist(a, b):
 def test_mps_hypergradient_is_the_meta_gradient_of_the_whole_objective(kind, rtol):
     """The step's image-space hypergradient pulled back through G equals the generic
     `hypergrad.meta_gradient` of CE_val(theta') w.r.t. phi, with L_syn a function of phi."""
-    config, model, m, state0, rng, batch = _setup("mgr", **{"mps.hypergradient": kind})
-    state1, metrics = jax.jit(m.train_step)(state0, batch, rng, m.frozen)
+    overrides = {} if kind == "exact" else {"mps.hypergradient": kind}  # exact: the default
+    config, model, m, state0, rng, batch, state1, metrics = _first_step("mgr", **overrides)
+    assert config.mps.hypergradient == kind
     # Adam's first moment after its first update is (1 - b1) g: the step's hypergradient.
     got = jax.tree.map(lambda mu: mu / 0.1, optax.tree_utils.tree_get(state1.meta["opt"], "mu"))
 
     inner, z = _replay_objective(config, model, state0, batch, rng)
 
     def outer(params):
-        logits, _, _ = train.classifier_forward(model, params, state0.batch_stats,
+        logits, _, _ = classifier.classifier_forward(model, params, state0.batch_stats,
                                                 batch["val_image"], True)
         return losses.cross_entropy(logits, batch["val_label"])
 
@@ -159,7 +173,7 @@ def test_hypergradient_cosine_is_logged_on_request():
 
 
 def test_method_without_generator_is_a_clear_error():
-    from mgr_jax.errors import UserError
     from mgr_jax import config_lib
+    from mgr_jax.errors import UserError
     with pytest.raises(UserError, match="generator.kind"):
         config_lib.validate(tiny_config(method="pcr", **{"generator.kind": ""}))

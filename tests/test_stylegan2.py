@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import FIXTURES
 from PIL import Image
 
-from conftest import FIXTURES
 from converters import stylegan2_ada as converter
 from converters import torch_pickle
 from mgr_jax.generators import stylegan2_ada as sg_generator

@@ -11,8 +11,9 @@ import zipfile
 import numpy as np
 import pytest
 
+from converters import pickle_writer
 from converters import torch_pickle as tp
-from converters.torch_pickle import Global, PersistentId, Reduce, Storage, TensorView
+from converters.pickle_writer import Global, PersistentId, Reduce, Storage, TensorView
 
 HOOKS = Reduce(Global("collections", "OrderedDict"), ())
 
@@ -79,7 +80,7 @@ def _zip(path, pkl, records, prefix="archive", byteorder=b"little"):
 def test_zip_round_trip(tmp_path):
     want = _sample_state()
     path = tmp_path / "sd.pth"
-    tp.save(path, want)
+    pickle_writer.save(path, want)
     assert zipfile.is_zipfile(path)
     _check_sample(tp.load(path), want)
 
@@ -87,7 +88,7 @@ def test_zip_round_trip(tmp_path):
 def test_legacy_round_trip(tmp_path):
     want = _sample_state()
     path = tmp_path / "legacy.pth"
-    tp.save(path, want, legacy=True)
+    pickle_writer.save(path, want, legacy=True)
     assert not zipfile.is_zipfile(path)
     _check_sample(tp.load(path), want)
     _check_sample(tp.loads_legacy_bytes(path.read_bytes()), want)
@@ -97,7 +98,7 @@ def test_legacy_round_trip(tmp_path):
 def test_strides_offsets_shared_storage(tmp_path, legacy):
     obj, want = _views()
     path = tmp_path / "views.pth"
-    tp.save(path, obj, legacy=legacy)
+    pickle_writer.save(path, obj, legacy=legacy)
     _check_views(tp.load(path), want)
 
 
@@ -108,7 +109,7 @@ def test_plain_pickle_with_load_from_bytes(tmp_path):
                    (TensorView(base, 1, (2, 3), (1, 4)), False, HOOKS))
     obj = {"w": param, "b": np.ones(3, np.float32), "raw": b"\x00\x01", "bare": Storage(base)}
     path = tmp_path / "snap.pkl"
-    path.write_bytes(tp.dumps_plain(obj))
+    path.write_bytes(pickle_writer.dumps_plain(obj))
     got = tp.load(path)
     np.testing.assert_array_equal(got["w"], [[1, 5, 9], [2, 6, 10]])
     np.testing.assert_array_equal(got["b"], np.ones(3))
@@ -121,10 +122,10 @@ def test_instance_is_newobj_then_build(tmp_path):
     by name without one."""
     name = "torch.nn.modules.container.ModuleDict"
     inner = {"_parameters": {"weight": np.eye(2, dtype=np.float32)}, "_modules": {}}
-    obj = {"enc": tp.Instance(Global(*name.rsplit(".", 1)), {"training": False,
+    obj = {"enc": pickle_writer.Instance(Global(*name.rsplit(".", 1)), {"training": False,
                                                              "_modules": {"conv": inner}})}
     path = tmp_path / "modules.pkl"
-    path.write_bytes(tp.dumps_plain(obj))
+    path.write_bytes(pickle_writer.dumps_plain(obj))
     with pytest.raises(tp.UnsafePickleError, match="ModuleDict"):
         tp.load(path)
     got = tp.load(path, extra_globals=tp.record_globals(name))["enc"]
@@ -136,7 +137,7 @@ def test_instance_is_newobj_then_build(tmp_path):
 def test_xz_input(tmp_path):
     want = _sample_state()
     path = tmp_path / "sd.pth"
-    tp.save(path, want)
+    pickle_writer.save(path, want)
     xz = tmp_path / "sd.pth.xz"
     xz.write_bytes(lzma.compress(path.read_bytes()))
     _check_sample(tp.load(xz), want)
@@ -145,7 +146,7 @@ def test_xz_input(tmp_path):
 def test_big_endian_and_bfloat16_untyped(tmp_path):
     vals = np.array([1.5, -2.0, 3.25], np.float32)
     bf16 = (vals.view(np.uint32) >> 16).astype("<u2").tobytes()  # exact in bfloat16
-    w = tp._Writer(2, "zip")
+    w = pickle_writer._Writer(2, "zip")
     obj = {
         "be": Reduce(Global("torch._utils", "_rebuild_tensor_v2"), (PersistentId(
             ("storage", Global("torch", "DoubleStorage"), "0", "cpu", 2)), 0, (2,), (1,),
@@ -172,7 +173,7 @@ def test_big_endian_and_bfloat16_untyped(tmp_path):
 
 
 def test_record_object_and_extra_globals(tmp_path):
-    w = tp._Writer(2, "zip")
+    w = pickle_writer._Writer(2, "zip")
     obj = {"mod": Reduce(Global("my.pkg", "Thing"), (1, "x")),
            "cfg": Reduce(Global("dnnlib.util", "EasyDict"), ())}
     path = tmp_path / "rec.pt"
@@ -199,14 +200,14 @@ def test_os_system_refused_without_side_effect(tmp_path, fmt):
     evil = {"x": _system_call(marker)}
     path = tmp_path / f"evil_{fmt}.pth"
     if fmt == "zip":
-        _zip(path, tp._Writer(2, "zip").dumps(evil), {})
+        _zip(path, pickle_writer._Writer(2, "zip").dumps(evil), {})
     elif fmt == "legacy":
-        path.write_bytes(tp.dumps_legacy(evil))
+        path.write_bytes(pickle_writer.dumps_legacy(evil))
     elif fmt == "plain":
-        path.write_bytes(tp.dumps_plain(evil))
+        path.write_bytes(pickle_writer.dumps_plain(evil))
     else:  # the call hides inside the legacy bytes of a _load_from_bytes storage
-        inner = tp.dumps_legacy(evil)
-        path.write_bytes(tp.dumps_plain(
+        inner = pickle_writer.dumps_legacy(evil)
+        path.write_bytes(pickle_writer.dumps_plain(
             {"s": Reduce(Global("torch.storage", "_load_from_bytes"), (inner,))}))
     with pytest.raises(tp.UnsafePickleError, match=r"refusing to load os\.system"):
         tp.load(path)
@@ -225,14 +226,14 @@ def test_stack_global_and_posix_and_eval_refused(tmp_path):
     (tmp_path / "stack.pkl").write_bytes(stack)
     with pytest.raises(tp.UnsafePickleError, match=r"posix\.system"):
         tp.load(tmp_path / "stack.pkl")
-    ev = tp.dumps_plain(Reduce(Global("builtins", "eval"), (f"open('{marker}', 'w')",)))
+    ev = pickle_writer.dumps_plain(Reduce(Global("builtins", "eval"), (f"open('{marker}', 'w')",)))
     (tmp_path / "eval.pkl").write_bytes(ev)
     with pytest.raises(tp.UnsafePickleError, match=r"builtins\.eval"):
         tp.load(tmp_path / "eval.pkl")
     py2_eval = Reduce(Global("__builtin__", "eval"), ("1",))  # Python 2's module name
     with pytest.raises(tp.UnsafePickleError, match=r"builtins\.eval"):
-        tp.loads_legacy_bytes(tp.dumps_legacy({"x": py2_eval}))
-    py2 = tp.dumps_plain(py2_eval)
+        tp.loads_legacy_bytes(pickle_writer.dumps_legacy({"x": py2_eval}))
+    py2 = pickle_writer.dumps_plain(py2_eval)
     (tmp_path / "py2.pkl").write_bytes(py2)
     with pytest.raises(tp.UnsafePickleError, match=r"builtins\.eval"):
         tp.load(tmp_path / "py2.pkl")
@@ -246,7 +247,7 @@ def test_stack_global_and_posix_and_eval_refused(tmp_path):
 @pytest.mark.parametrize("keep", [0.5, 0.9, 0.999])
 def test_truncated(tmp_path, legacy, keep):
     path = tmp_path / "full.pth"
-    tp.save(path, _sample_state(), legacy=legacy)
+    pickle_writer.save(path, _sample_state(), legacy=legacy)
     data = path.read_bytes()
     cut = tmp_path / "cut.pth"
     cut.write_bytes(data[:int(len(data) * keep)])
@@ -256,7 +257,7 @@ def test_truncated(tmp_path, legacy, keep):
 
 
 def test_truncated_inside_legacy_pickle(tmp_path):
-    data = tp.dumps_legacy(_sample_state())
+    data = pickle_writer.dumps_legacy(_sample_state())
     with pytest.raises(tp.CheckpointFormatError, match="legacy bytes"):
         tp.loads_legacy_bytes(data[:60])
 
@@ -278,7 +279,7 @@ def test_random_empty_missing(tmp_path):
 
 
 def test_missing_storage_record_and_bad_view(tmp_path):
-    w = tp._Writer(2, "zip")
+    w = pickle_writer._Writer(2, "zip")
     pid = PersistentId(("storage", Global("torch", "FloatStorage"), "0", "cpu", 4))
     t = Reduce(Global("torch._utils", "_rebuild_tensor_v2"), (pid, 0, (4,), (1,), False, HOOKS))
     _zip(tmp_path / "missing.pth", w.dumps({"t": t}), {})

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from converters import pickle_writer
 from converters import torch_pickle as tp
 from converters import torchvision_resnet as tvr
 from mgr_jax.variables_io import load_variables
@@ -135,7 +136,7 @@ def test_cli_round_trip(r18, tmp_path, capsys):
 def test_synthetic_files_convert_every_key(tmp_path, arch, width, cifar_stem, legacy):
     sd = _random_state_dict(arch, num_classes=5, width=width, cifar_stem=cifar_stem)
     path = tmp_path / f"{arch}.pth"
-    tp.save(path, sd, legacy=legacy)
+    pickle_writer.save(path, sd, legacy=legacy)
     module, variables = tvr.convert(path)
     assert tvr.infer_config(sd)["arch"] == arch
     assert module.block.__name__ == ("Bottleneck" if arch == "resnet50" else "BasicBlock")
@@ -201,16 +202,16 @@ def test_mismatch_errors_list_differences():
 
 def test_malicious_and_truncated_files(tmp_path, capsys):
     marker = tmp_path / "pwned"
-    evil = {"conv1.weight": tp.Reduce(tp.Global("os", "system"), (f"touch {marker}",))}
+    evil = {"conv1.weight": pickle_writer.Reduce(pickle_writer.Global("os", "system"), (f"touch {marker}",))}
     bad = tmp_path / "evil.pth"
-    tp.save(bad, evil)
+    pickle_writer.save(bad, evil)
     with pytest.raises(tp.UnsafePickleError, match=r"os\.system"):
         tvr.convert(bad)
     assert tvr.main([str(bad), str(tmp_path / "out")]) == 1
     assert "refusing to load os.system" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "out").exists()
     good = tmp_path / "good.pth"
-    tp.save(good, _random_state_dict("resnet18", width=0.125))
+    pickle_writer.save(good, _random_state_dict("resnet18", width=0.125))
     cut = tmp_path / "cut.pth"
     cut.write_bytes(good.read_bytes()[:-5000])
     with pytest.raises(tp.CheckpointFormatError, match="cut.pth"):

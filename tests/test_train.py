@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgr_jax import checkpoints, input_pipeline, train
+from mgr_jax import checkpoints, classifier, train
+from mgr_jax.data import loader
 from mgr_jax.errors import UserError
 from tests.helpers import tiny_config
 
@@ -20,7 +21,7 @@ def test_learning_rate_steps_down_at_the_milestones():
     config = tiny_config()
     config.optimizer.lr = 0.01
     config.optimizer.lr_milestones = (60, 120, 160)
-    fn = train.create_learning_rate_fn(config, steps_per_epoch=10)
+    fn = classifier.create_learning_rate_fn(config, steps_per_epoch=10)
     got = [float(fn(s)) for s in (0, 599, 600, 1199, 1200, 1599, 1600, 1999)]
     want = [0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5]
     np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -30,7 +31,7 @@ def test_optimizer_is_pytorch_nesterov_sgd():
     """Three steps against torch.optim.SGD's update, written out by hand."""
     config = tiny_config()
     config.optimizer.weight_decay = 0.01
-    tx = train.create_optimizer(config, lambda step: 0.1)
+    tx = classifier.create_optimizer(config, lambda step: 0.1)
     p = {"w": jnp.array([1.0, -2.0])}
     grads = [jnp.array([0.5, 0.1]), jnp.array([-0.3, 0.2]), jnp.array([0.05, -0.4])]
     state = tx.init(p)
@@ -77,7 +78,7 @@ def test_resume_is_bit_exact(tmp_path):
 
 def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     config = tiny_config(**{"optimizer.lr_decay": 1e15})  # lr explodes in epoch 2.
-    pipeline = input_pipeline.create_pipeline(config)
+    pipeline = loader.create_pipeline(config)
     with pytest.raises(train.TrainingDiverged) as err:
         train.train_and_evaluate(config, str(tmp_path))
     assert err.value.args[0] >= pipeline.steps_per_epoch

@@ -1,6 +1,6 @@
 """A small conditional StyleGAN2-ADA for the embedded digits dataset, trained in JAX.
 
-    python -m mgr_jax.train_generator --config=configs/generator/digits.py --workdir=runs/gen
+    python -m mgr_jax.gan.train --config=configs/generator/digits.py --workdir=runs/gen
 
 Trains on D only (the training part of the protocol split of configs/default.py; never D_val or
 test), on the images exactly as the classifier sees them: 16x16 RGB, mapped from [0, 1] to G's
@@ -38,7 +38,7 @@ def get_config():
     config.generator.architecture = "skip"
     config.generator.conv_clamp = 0.0  # 0: no clamp (float32 throughout)
 
-    # D: models.stylegan2_disc.Discriminator.
+    # D: models.stylegan2.discriminator.Discriminator.
     config.discriminator = ml_collections.ConfigDict()
     config.discriminator.architecture = "resnet"
     config.discriminator.channel_base = 256
@@ -88,6 +88,8 @@ def get_config():
     # base default config (trained once into metric.classifier_dir and reused).
     config.metric = ml_collections.ConfigDict()
     config.metric.enabled = True
+    # The classifier's full config (the data split and the fields below are set from this file).
+    config.metric.classifier = default.get_config()
     config.metric.classifier_dir = ""  # "" = <workdir>/metric_classifier
     config.metric.classifier_num_epochs = 15  # configs/default.py's
     config.metric.classifier_width = 0.25

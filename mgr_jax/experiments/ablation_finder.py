@@ -17,7 +17,7 @@ The KL weight of the other MPS rows is the base config's mps.kl_weight (0.01 by 
 """
 import sys
 
-from mgr_jax.experiments import common
+from mgr_jax.experiments import ablation, cli
 
 _MPS = {"method": "mgr", "finder.arch": "residual", "mps.meta_target": "finder",
         "mps.finder_update": "meta"}
@@ -38,19 +38,19 @@ def run(config, workdir, *, seeds=(0, 1, 2), variants=DEFAULT_VARIANTS, runs_dir
         lambda_map=None, trainer=None, dry_run=False):
     """Train the variants; writes ablation_finder.md / .csv / _runs.csv. Returns
     {"table", "paths", "jobs"} (only "jobs" on a dry run)."""
-    return common.variant_table(
+    return ablation.variant_table(
         "ablation_finder", "Table 5", "Ablation study of MPS, top-1 (%)", VARIANTS, variants,
         config, workdir,
         seeds=seeds, runs_dir=runs_dir, lambda_map=lambda_map, trainer=trainer, dry_run=dry_run)
 
 
 def define_flags(fv):
-    common.define_variant_flags(fv, DEFAULT_VARIANTS, VARIANTS)
+    ablation.define_variant_flags(fv, DEFAULT_VARIANTS, VARIANTS)
 
 
 def kwargs_from_flags(fv):
-    return common.variant_kwargs_from_flags(fv, VARIANTS)
+    return ablation.variant_kwargs_from_flags(fv, VARIANTS)
 
 
 if __name__ == "__main__":
-    common.main(sys.modules[__name__])
+    cli.main(sys.modules[__name__])

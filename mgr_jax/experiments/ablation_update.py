@@ -16,7 +16,7 @@ loss the finder maximises (CE or PCR of the classifier on x_p) differs.
 """
 import sys
 
-from mgr_jax.experiments import common
+from mgr_jax.experiments import ablation, cli
 
 VARIANTS = {
     "base": ("Base Model", {"method": "base"}),
@@ -33,19 +33,19 @@ def run(config, workdir, *, seeds=(0, 1, 2), variants=DEFAULT_VARIANTS, runs_dir
         lambda_map=None, trainer=None, dry_run=False):
     """Train the variants; writes ablation_update.md / .csv / _runs.csv. Returns
     {"table", "paths", "jobs"} (only "jobs" on a dry run)."""
-    return common.variant_table(
+    return ablation.variant_table(
         "ablation_update", "Table 7", "Updating strategies of F_φ, top-1 (%)", VARIANTS,
         variants, config, workdir,
         seeds=seeds, runs_dir=runs_dir, lambda_map=lambda_map, trainer=trainer, dry_run=dry_run)
 
 
 def define_flags(fv):
-    common.define_variant_flags(fv, DEFAULT_VARIANTS, VARIANTS)
+    ablation.define_variant_flags(fv, DEFAULT_VARIANTS, VARIANTS)
 
 
 def kwargs_from_flags(fv):
-    return common.variant_kwargs_from_flags(fv, VARIANTS)
+    return ablation.variant_kwargs_from_flags(fv, VARIANTS)
 
 
 if __name__ == "__main__":
-    common.main(sys.modules[__name__])
+    cli.main(sys.modules[__name__])

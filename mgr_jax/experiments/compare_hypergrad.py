@@ -24,8 +24,10 @@ import math
 import os
 import sys
 
+from absl import flags
+
 from mgr_jax.errors import UserError
-from mgr_jax.experiments import common
+from mgr_jax.experiments import cli, runs, tables
 
 ARMS = (("exact", "2nd-order (exact)"),
         ("finite_difference", "1st-order approx. (finite difference)"))
@@ -39,7 +41,7 @@ AGREEMENT = ("cos(exact, FD)", "min epoch cos", "‖exact‖ / ‖FD‖", "loggi
 
 
 def _prefix(method, methods):
-    return f"{common.METHOD_LABELS[method]}: " if len(methods) > 1 else ""
+    return f"{tables.TABLE_LABELS[method]}: " if len(methods) > 1 else ""
 
 
 def plan(config, *, seeds, methods, diagnostic, lambda_map=None):
@@ -47,13 +49,13 @@ def plan(config, *, seeds, methods, diagnostic, lambda_map=None):
     jobs = []
     for m in methods:
         for hg, label in ARMS:
-            jobs += [common.make_job(
+            jobs += [runs.make_job(
                 config, {"method": m, "mps.hypergradient": hg, "mps.finder_update": "meta",
                          "mps.log_hypergrad_cosine": diagnostic == "in_arms"}, seed,
                 row=_prefix(m, methods) + label, column=hg, lambda_map=lambda_map)
                 for seed in seeds]
         if diagnostic == "separate":
-            jobs += [common.make_job(
+            jobs += [runs.make_job(
                 config, {"method": m, "mps.hypergradient": "exact", "mps.finder_update": "meta",
                          "mps.log_hypergrad_cosine": True}, seed,
                 row=_prefix(m, methods) + "diagnostic", column="diagnostic",
@@ -67,7 +69,7 @@ def agreement(workdir, primary="exact"):
     `primary` is the run's own mps.hypergradient: the logged norm ratio is ||own|| / ||other||.
     """
     out = []
-    for rec in common.read_metrics(workdir, "epoch"):
+    for rec in runs.read_metrics(workdir, "epoch"):
         if "hypergrad_cosine" not in rec:
             continue
         ratio = rec.get("hypergrad_norm_ratio", math.nan)
@@ -91,10 +93,10 @@ def run(config, workdir, *, seeds=(0, 1, 2), methods=DEFAULT_METHODS, diagnostic
     """
     if diagnostic not in DIAGNOSTICS:
         raise UserError(f"diagnostic={diagnostic!r}; choose one of {list(DIAGNOSTICS)}")
-    common.check_choices(list(methods), common.MPS_METHODS, "MPS methods")
+    cli.check_choices(list(methods), runs.MPS_METHODS, "MPS methods")
     jobs = plan(config, seeds=seeds, methods=methods, diagnostic=diagnostic,
                 lambda_map=lambda_map)
-    if not common.execute(jobs, workdir, runs_dir, trainer, dry_run, "compare_hypergrad"):
+    if not runs.execute(jobs, workdir, runs_dir, trainer, dry_run, "compare_hypergrad"):
         return {"jobs": jobs}
 
     def arm(m, hg, seed):
@@ -102,9 +104,9 @@ def run(config, workdir, *, seeds=(0, 1, 2), methods=DEFAULT_METHODS, diagnostic
                     and j.seed == seed)
 
     decimals = {"Wall-clock (s)": 1, "Step time (ms)": 1}
-    main = common.Table("compare_hypergrad", "Exact vs finite-difference hypergradient",
+    main = tables.Table("compare_hypergrad", "Exact vs finite-difference hypergradient",
                         "Hypergradient", COLUMNS, decimals=decimals)
-    agree = common.Table("compare_hypergrad_agreement",
+    agree = tables.Table("compare_hypergrad_agreement",
                          "Agreement of the two hypergradients on the same batches", "Method",
                          AGREEMENT, decimals=3)
     per_epoch = []
@@ -136,7 +138,7 @@ def run(config, workdir, *, seeds=(0, 1, 2), methods=DEFAULT_METHODS, diagnostic
             norm.append(sum(e[2] for e in epochs) / len(epochs) if epochs else math.nan)
             if diagnostic == "separate":
                 overhead.append(_step_ms(source) / _step_ms(arm(m, "exact", seed)))
-        label = common.METHOD_LABELS[m]
+        label = tables.TABLE_LABELS[m]
         agree.add(label, AGREEMENT[0], cos)
         agree.add(label, AGREEMENT[1], low)
         agree.add(label, AGREEMENT[2], norm)
@@ -156,8 +158,8 @@ def run(config, workdir, *, seeds=(0, 1, 2), methods=DEFAULT_METHODS, diagnostic
         + ("Measured in a separate exact run with mps.log_hypergrad_cosine=True; logging "
            "overhead = its step time / the exact arm's." if diagnostic == "separate" else
            "Measured in the exact timing arm.")]
-    tables = [main] + ([agree] if diagnostic != "none" else [])
-    paths = common.write_report(workdir, "compare_hypergrad", tables, jobs,
+    out_tables = [main] + ([agree] if diagnostic != "none" else [])
+    paths = tables.write_report(workdir, "compare_hypergrad", out_tables, jobs,
                                 header="Table 4")
     if diagnostic != "none":
         paths["per_epoch"] = os.path.join(workdir, "compare_hypergrad_per_epoch.csv")
@@ -165,11 +167,10 @@ def run(config, workdir, *, seeds=(0, 1, 2), methods=DEFAULT_METHODS, diagnostic
             writer = csv.writer(f)
             writer.writerow(["method", "seed", "epoch", "cosine", "norm_ratio_exact_over_fd"])
             writer.writerows(per_epoch)
-    return {"tables": tables, "paths": paths, "jobs": jobs}
+    return {"tables": out_tables, "paths": paths, "jobs": jobs}
 
 
 def define_flags(fv):
-    from absl import flags  # noqa: PLC0415
     flags.DEFINE_string("methods", ",".join(DEFAULT_METHODS), "MPS methods (mgr, gda_mps).",
                         flag_values=fv)
     flags.DEFINE_enum("diagnostic", "separate", DIAGNOSTICS, "Where the two hypergradients' "
@@ -177,10 +178,10 @@ def define_flags(fv):
 
 
 def kwargs_from_flags(fv):
-    kwargs = common.common_kwargs(fv)
-    kwargs.update(methods=common.parse_list(fv.methods), diagnostic=fv.diagnostic)
+    kwargs = cli.common_kwargs(fv)
+    kwargs.update(methods=cli.parse_list(fv.methods), diagnostic=fv.diagnostic)
     return kwargs
 
 
 if __name__ == "__main__":
-    common.main(sys.modules[__name__])
+    cli.main(sys.modules[__name__])

@@ -18,8 +18,11 @@ import math
 import os
 import sys
 
+from absl import flags
+
 from mgr_jax.errors import UserError
-from mgr_jax.experiments import common
+from mgr_jax.experiments import cli, runs, tables
+from mgr_jax.files import write_json
 
 DEFAULT_METHODS = ("gda", "gda_mh", "gda_ssl", "gda_mps", "pcr", "mgr")
 DEFAULT_LAMBDAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -29,7 +32,7 @@ def swept_method(method, mps_from_uniform=True):
     """The method whose sweep chooses `method`'s lambda (None: no lambda)."""
     if method == "base":
         return None
-    return common.UNIFORM_OF.get(method, method) if mps_from_uniform else method
+    return runs.UNIFORM_OF.get(method, method) if mps_from_uniform else method
 
 
 def choose_lambda(val_by_lambda):
@@ -60,25 +63,25 @@ def run(config, workdir, *, seeds=(0, 1, 2), methods=DEFAULT_METHODS, lambdas=DE
         target = swept_method(m, mps_from_uniform)
         if target is not None and target not in swept:
             swept.append(target)
-    sweep_jobs = [common.make_job(config, {"method": m, "lambda": lam}, sweep_seed,
-                                  row=common.METHOD_LABELS[m], column=_lambda_label(lam))
+    sweep_jobs = [runs.make_job(config, {"method": m, "lambda": lam}, sweep_seed,
+                                row=tables.TABLE_LABELS[m], column=_lambda_label(lam))
                   for m in swept for lam in lambdas]
-    if not common.execute(sweep_jobs, workdir, runs_dir, trainer, dry_run,
-                          "sweep_lambda (sweep)"):
+    if not runs.execute(sweep_jobs, workdir, runs_dir, trainer, dry_run,
+                        "sweep_lambda (sweep)"):
         print("(the final runs depend on the sweep's choice and are listed once it is done)")
         return {"jobs": sweep_jobs}
 
     chosen_swept = {}
-    sweep_table = common.Table(
+    sweep_table = tables.Table(
         "sweep_lambda", f"Validation top-1 (%) per lambda (seed {sweep_seed})", "Method",
         [_lambda_label(lam) for lam in lambdas])
     for m in swept:
         vals = {}
         for lam in lambdas:
             job = next(j for j in sweep_jobs if j.config.method == m
-                       and common.get_lambda(j.config) == lam)
+                       and runs.get_lambda(j.config) == lam)
             vals[lam] = job.value("val_top1")
-            sweep_table.add(common.METHOD_LABELS[m], _lambda_label(lam), [vals[lam]])
+            sweep_table.add(tables.TABLE_LABELS[m], _lambda_label(lam), [vals[lam]])
         chosen_swept[m] = choose_lambda(vals)
     chosen = {m: chosen_swept[swept_method(m, mps_from_uniform)] for m in methods
               if m != "base"}
@@ -89,35 +92,34 @@ def run(config, workdir, *, seeds=(0, 1, 2), methods=DEFAULT_METHODS, lambdas=DE
             print(f"no lambda could be chosen for {m}: every sweep run failed", flush=True)
             continue
         overrides = {"method": m} if m == "base" else {"method": m, "lambda": chosen[m]}
-        final_jobs += [common.make_job(config, overrides, seed, row=common.METHOD_LABELS[m],
-                                       column="final") for seed in seeds]
-    common.execute(final_jobs, workdir, runs_dir, trainer, False, "sweep_lambda (final seeds)")
+        final_jobs += [runs.make_job(config, overrides, seed, row=tables.TABLE_LABELS[m],
+                                     column="final") for seed in seeds]
+    runs.execute(final_jobs, workdir, runs_dir, trainer, False, "sweep_lambda (final seeds)")
 
-    final = common.Table("sweep_lambda_final", f"Chosen lambda and final top-1 (%), seeds "
+    final = tables.Table("sweep_lambda_final", f"Chosen lambda and final top-1 (%), seeds "
                          f"{list(seeds)}", "Method", ["chosen λ", "Val top-1", "Test top-1"])
     for m in methods:
-        row = common.METHOD_LABELS[m]
+        row = tables.TABLE_LABELS[m]
         if m != "base" and chosen[m] is None:
             continue
         final.add(row, "chosen λ", [chosen[m]] if m != "base" else [])
-        final.add(row, "Val top-1", common.cell_values(final_jobs, row, "final", "val_top1"))
-        final.add(row, "Test top-1", common.cell_values(final_jobs, row, "final"))
+        final.add(row, "Val top-1", tables.cell_values(final_jobs, row, "final", "val_top1"))
+        final.add(row, "Test top-1", tables.cell_values(final_jobs, row, "final"))
     notes = [f"lambda chosen by the best validation top-1 at seed {sweep_seed}"
              + ("; MGR uses PCR's and GDA+MPS uses GDA's lambda (paper section 4.1)."
                 if mps_from_uniform else ".")]
     final.notes = notes
     chosen_out = {m: lam for m, lam in chosen.items() if lam is not None}
     os.makedirs(workdir, exist_ok=True)
-    common.write_json(os.path.join(workdir, "chosen_lambda.json"), chosen_out)
+    write_json(os.path.join(workdir, "chosen_lambda.json"), chosen_out)
     jobs = sweep_jobs + final_jobs
-    paths = common.write_report(workdir, "sweep_lambda", [sweep_table, final], jobs,
+    paths = tables.write_report(workdir, "sweep_lambda", [sweep_table, final], jobs,
                                 header="lambda sweep")
     paths["chosen"] = os.path.join(workdir, "chosen_lambda.json")
     return {"chosen": chosen_out, "tables": [sweep_table, final], "paths": paths, "jobs": jobs}
 
 
 def define_flags(fv):
-    from absl import flags  # noqa: PLC0415
     flags.DEFINE_string("methods", ",".join(DEFAULT_METHODS), "Comma-separated methods.",
                         flag_values=fv)
     flags.DEFINE_string("lambdas", ",".join(f"{x:g}" for x in DEFAULT_LAMBDAS),
@@ -129,15 +131,15 @@ def define_flags(fv):
 
 
 def kwargs_from_flags(fv):
-    kwargs = common.common_kwargs(fv)
-    kwargs.update(methods=common.parse_list(fv.methods),
-                  lambdas=common.parse_list(fv.lambdas, float), sweep_seed=fv.sweep_seed,
+    kwargs = cli.common_kwargs(fv)
+    kwargs.update(methods=cli.parse_list(fv.methods),
+                  lambdas=cli.parse_list(fv.lambdas, float), sweep_seed=fv.sweep_seed,
                   mps_from_uniform=fv.mps_from_uniform)
-    common.check_choices(kwargs["methods"])
+    cli.check_choices(kwargs["methods"])
     if not kwargs["lambdas"]:
         raise UserError("--lambdas is empty")
     return kwargs
 
 
 if __name__ == "__main__":
-    common.main(sys.modules[__name__])
+    cli.main(sys.modules[__name__])

@@ -13,10 +13,13 @@ reduced dataset: --generator_checkpoints gives one per column, in column order.
 """
 import sys
 
-from mgr_jax.errors import UserError
-from mgr_jax.experiments import common
+from absl import flags
 
-DEFAULT_METHODS = common.METHODS
+from mgr_jax import config_lib
+from mgr_jax.errors import UserError
+from mgr_jax.experiments import cli, runs, tables
+
+DEFAULT_METHODS = config_lib.METHODS
 
 
 def make_columns(config, configs=None, subset_fractions=None, generator_checkpoints=None):
@@ -24,7 +27,7 @@ def make_columns(config, configs=None, subset_fractions=None, generator_checkpoi
     bases = list(configs) if configs else [config]
     columns = []
     for base in bases:
-        label = common.DATASET_LABELS.get(base.data.name, base.data.name)
+        label = tables.DATASET_LABELS.get(base.data.name, base.data.name)
         if subset_fractions:
             for fraction in subset_fractions:
                 size = f"{100 * fraction:g}%"
@@ -35,8 +38,8 @@ def make_columns(config, configs=None, subset_fractions=None, generator_checkpoi
     if generator_checkpoints:
         if len(generator_checkpoints) != len(columns):
             raise UserError(f"--generator_checkpoints has {len(generator_checkpoints)} entries "
-                             f"but the table has {len(columns)} columns "
-                             f"({[c[0] for c in columns]})")
+                            f"but the table has {len(columns)} columns "
+                            f"({[c[0] for c in columns]})")
         columns = [(label, base, dict(ov, **{"generator.checkpoint": ckpt}))
                    for (label, base, ov), ckpt in zip(columns, generator_checkpoints)]
     seen = {}
@@ -55,24 +58,23 @@ def run(config, workdir, *, seeds=(0, 1, 2), methods=DEFAULT_METHODS, configs=No
     Returns {"table": Table, "paths": {...}, "jobs": [...]} (no table on a dry run).
     """
     columns = make_columns(config, configs, subset_fractions, generator_checkpoints)
-    jobs = [common.make_job(base, dict(ov, method=m), seed, row=common.METHOD_LABELS[m],
-                            column=label, lambda_map=lambda_map)
+    jobs = [runs.make_job(base, dict(ov, method=m), seed, row=tables.TABLE_LABELS[m],
+                          column=label, lambda_map=lambda_map)
             for m in methods for label, base, ov in columns for seed in seeds]
-    if not common.execute(jobs, workdir, runs_dir, trainer, dry_run, "table1"):
+    if not runs.execute(jobs, workdir, runs_dir, trainer, dry_run, "table1"):
         return {"jobs": jobs}
-    table = common.Table(
+    table = tables.Table(
         "table1", "Top-1 accuracy (%) on the test split", "Method / Dataset",
         [c[0] for c in columns], highlight="max",
-        baseline_row=common.METHOD_LABELS["base"] if "base" in methods else None,
+        baseline_row=tables.TABLE_LABELS["base"] if "base" in methods else None,
         notes=[f"Mean ± sample std over seeds {list(seeds)} of the best-validation epoch's "
                "test top-1. **Bold**: best in the column; <u>underlined</u>: above Base Model."])
-    common.fill_table(table, jobs)
-    paths = common.write_report(workdir, "table1", [table], jobs, header="Table 1")
+    tables.fill_table(table, jobs)
+    paths = tables.write_report(workdir, "table1", [table], jobs, header="Table 1")
     return {"table": table, "paths": paths, "jobs": jobs}
 
 
 def define_flags(fv):
-    from absl import flags  # noqa: PLC0415
     flags.DEFINE_string("methods", ",".join(DEFAULT_METHODS), "Rows: comma-separated methods.",
                         flag_values=fv)
     flags.DEFINE_string("configs", "", "Columns: comma-separated config files (default: "
@@ -85,17 +87,17 @@ def define_flags(fv):
 
 
 def kwargs_from_flags(fv):
-    kwargs = common.common_kwargs(fv)
-    overrides = common.config_overrides(fv)
+    kwargs = cli.common_kwargs(fv)
+    overrides = cli.config_overrides(fv)
     kwargs.update(
-        methods=common.parse_list(fv.methods),
-        configs=[common.load_config_file(p, overrides) for p in common.parse_list(fv.configs)]
+        methods=cli.parse_list(fv.methods),
+        configs=[cli.load_config_file(p, overrides) for p in cli.parse_list(fv.configs)]
         or None,
-        subset_fractions=common.parse_list(fv.subset_fractions, float) or None,
-        generator_checkpoints=common.parse_list(fv.generator_checkpoints) or None)
-    common.check_choices(kwargs["methods"])
+        subset_fractions=cli.parse_list(fv.subset_fractions, float) or None,
+        generator_checkpoints=cli.parse_list(fv.generator_checkpoints) or None)
+    cli.check_choices(kwargs["methods"])
     return kwargs
 
 
 if __name__ == "__main__":
-    common.main(sys.modules[__name__])
+    cli.main(sys.modules[__name__])

@@ -2,7 +2,9 @@
 import importlib
 import os
 
+from converters import torch_pickle
 from mgr_jax.errors import UserError
+from mgr_jax.generators import tiny
 from mgr_jax.generators.base import Generator
 
 # kind -> module with `load(checkpoint, **kwargs) -> Generator`.
@@ -22,7 +24,6 @@ def load_generator(gen_config, num_classes) -> Generator:
     """
     kind = gen_config.kind
     if kind == "random":
-        from mgr_jax.generators import tiny  # noqa: PLC0415
         return tiny.load(seed=gen_config.seed, num_classes=num_classes,
                          latent_dim=gen_config.latent_dim, resolution=gen_config.resolution)
     if kind not in KINDS:
@@ -33,8 +34,6 @@ def load_generator(gen_config, num_classes) -> Generator:
         raise UserError(f"generator.checkpoint={path!r} does not exist; point it at a converted "
                         f"directory (python -m converters.{kind} IN OUT) or the original file")
     module = importlib.import_module(KINDS[kind])
-    from converters import torch_pickle  # noqa: PLC0415 (the loaders import it anyway)
-
     kwargs = gen_config.get("kwargs") or {}
     kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
     try:

@@ -8,6 +8,7 @@ import os
 import jax
 import jax.numpy as jnp
 
+from converters import stylegan2_ada as converter
 from mgr_jax.generators.base import Generator
 
 KIND = "stylegan2_ada"
@@ -42,8 +43,6 @@ def load(checkpoint, truncation_psi=1.0, noise_mode="const", truncation_cutoff=N
 
     `convert_kwargs` go to `converters.stylegan2_ada.convert` (e.g. kwargs_json= for a .pt).
     """
-    from converters import stylegan2_ada as converter  # the converter owns the file formats
-
     if os.path.isdir(checkpoint):
         module, variables = converter.load_converted(checkpoint)
     else:

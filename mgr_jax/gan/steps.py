@@ -28,8 +28,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from mgr_jax import gan_augment
-from mgr_jax.models import stylegan2, stylegan2_disc, stylegan2_fast_ops
+from mgr_jax.gan import diffaugment
+from mgr_jax.models import stylegan2
+from mgr_jax.models.stylegan2 import discriminator as stylegan2_disc
 
 
 class GANState(flax.struct.PyTreeNode):
@@ -185,10 +186,10 @@ def train_step(state, batch, rng, *, G, D, g_tx, d_tx, config, do_r1=False, do_p
     """One training iteration (module docstring). batch: {"image" (B, R, R, C) in [-1, 1],
     "label" (B,) int}. Returns (state, metrics); metrics are scalars."""
     loss_cfg, aug_cfg = config.loss, config.augment
-    policy = gan_augment.parse_policy(aug_cfg.policy)
+    policy = diffaugment.parse_policy(aug_cfg.policy)
     num_classes = G.c_dim
     batch_size = batch["image"].shape[0]
-    augment = functools.partial(gan_augment.diff_augment, policy=policy,
+    augment = functools.partial(diffaugment.diff_augment, policy=policy,
                                 translation_ratio=aug_cfg.translation_ratio,
                                 cutout_ratio=aug_cfg.cutout_ratio)
     real = batch["image"].astype(jnp.float32)
@@ -304,19 +305,16 @@ def step_kind(step, config):
     return bool(do_r1), bool(do_pl)
 
 
-def _with_fast_ops(jitted):
-    """Call `jitted` with G's resampling ops swapped for their CPU-fast equals while it traces."""
-    def call(*args):
-        with stylegan2_fast_ops.patched_generator_ops():
-            return jitted(*args)
-    return call
-
-
 def jit_train_steps(G, D, g_tx, d_tx, config):
-    """{(do_r1, do_pl): jitted step(state, batch, rng)} with the state donated."""
-    return {(r1, pl): _with_fast_ops(jax.jit(
-        functools.partial(train_step, G=G, D=D, g_tx=g_tx, d_tx=d_tx, config=config,
-                          do_r1=r1, do_pl=pl), donate_argnums=(0,)))
+    """{(do_r1, do_pl): jitted step(state, batch, rng)} with the state donated.
+
+    The steps run G with `upsample_impl="fir_first"`: the same function and variables, with a
+    weight gradient that XLA:CPU computes far faster (`models.stylegan2.ops.conv2d_resample`).
+    """
+    G_train = G.clone(upsample_impl="fir_first")
+    return {(r1, pl): jax.jit(
+        functools.partial(train_step, G=G_train, D=D, g_tx=g_tx, d_tx=d_tx, config=config,
+                          do_r1=r1, do_pl=pl), donate_argnums=(0,))
             for r1 in (False, True) for pl in (False, True)}
 
 

@@ -9,7 +9,7 @@ Training uses `trainval` (train + val, the official training split), testing `te
 follow the order of variants.txt. Images are used whole, the 20-pixel copyright banner at
 the bottom included (as torchvision's FGVCAircraft; the paper does not say it crops it).
 """
-from mgr_jax.datasets import builder
+from mgr_jax.data.datasets import builder
 
 ARCHIVE = "fgvc-aircraft-2013b.tar.gz"
 ROOT = "fgvc-aircraft-2013b/data/"
@@ -43,3 +43,8 @@ class MgrAircraft(builder.ArchiveBuilder):
 
 
 BUILDER = MgrAircraft
+
+
+def load(config):
+    """Prepare (once) and open the dataset: `archives.DatasetSplits`."""
+    return builder.load(BUILDER, config)

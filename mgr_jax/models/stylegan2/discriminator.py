@@ -17,8 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mgr_jax.models.stylegan2 import (_ACTIVATIONS, _DIMS, FullyConnectedLayer, bias_act,
-                                      normalize_2nd_moment, setup_filter, upfirdn2d)
+from mgr_jax.models.stylegan2.generator import FullyConnectedLayer
+from mgr_jax.models.stylegan2.ops import (
+    _ACTIVATIONS,
+    _DIMS,
+    bias_act,
+    normalize_2nd_moment,
+    setup_filter,
+    upfirdn2d,
+)
 
 ARCHITECTURES = ("orig", "skip", "resnet")
 

@@ -11,7 +11,8 @@
     imagefolder          <class name>/*.jpg|png (or train/<class>/..., test/<class>/...)
 
 The archives are prepared once into tfds array_record files (`data.prepared_dir`), then read
-through `pipeline.GrainPipeline`. Importing this package is cheap (no tfds, no grain): the
+through `mgr_jax.data.grain_pipeline.GrainPipeline`. Each dataset module has
+`load(config) -> archives.DatasetSplits`; importing this package is cheap (no tfds): the
 dataset modules load on demand.
 """
 import importlib
@@ -23,19 +24,16 @@ NAMES = ARCHIVE_DATASETS + ("imagefolder",)
 
 
 def load_splits(config):
-    """The official train/test images of `config.data.name` (`common.DatasetSplits`)."""
+    """The official train/test images of `config.data.name` (`archives.DatasetSplits`)."""
     name = config.data.name
     if name not in NAMES:
         raise UserError(f"data.name={name!r} is not a known dataset; choose one of "
                         f"{['digits', *NAMES]}")
-    module = importlib.import_module(f"mgr_jax.datasets.{name}")
-    if name == "imagefolder":
-        return module.load(config)
-    from mgr_jax.datasets import builder  # noqa: PLC0415 (imports tfds)
-    return builder.load(module.BUILDER, config)
+    return importlib.import_module(f"mgr_jax.data.datasets.{name}").load(config)
 
 
-def _validate(data):
+def validate(data):
+    """UserError for data fields the image-dataset pipeline cannot use."""
     checks = (
         (data.num_workers >= 0, f"data.num_workers={data.num_workers} must be >= 0 (0 = decode "
                                 "in the main process)"),
@@ -49,11 +47,3 @@ def _validate(data):
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-
-
-def create_pipeline(config):
-    """The grain input pipeline of an image dataset (same interface as ArrayPipeline)."""
-    _validate(config.data)
-    splits = load_splits(config)
-    from mgr_jax.datasets.pipeline import GrainPipeline  # noqa: PLC0415 (imports grain)
-    return GrainPipeline.from_config(splits, config)

@@ -19,7 +19,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mgr_jax.datasets import common
+from mgr_jax import files
+from mgr_jax.data import archives
 from mgr_jax.errors import UserError
 
 _VERSION = "1.0.0"
@@ -30,7 +31,7 @@ class ArchiveBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     VERSION = tfds.core.Version(_VERSION)
     RELEASE_NOTES = {_VERSION: "Encoded images and labels from the official archives."}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Put the official files in data.manual_dir: {common.DOCS}."
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Put the official files in data.manual_dir: {archives.DOCS}."
     DATASET = ""  # our short name ("cars"), used in messages and as the pipeline's name.
     NUM_CLASSES = 0
     FILES = ()  # official file names expected in manual_dir.
@@ -56,7 +57,7 @@ class ArchiveBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         raise NotImplementedError
 
     def _split_generators(self, dl_manager):
-        files = common.OfficialFiles(self.DATASET, os.fspath(dl_manager.manual_dir), self.FILES)
+        files = archives.OfficialFiles(self.DATASET, os.fspath(dl_manager.manual_dir), self.FILES)
         class_names, splits = self.read_index(files)
         if len(class_names) != self.NUM_CLASSES:
             raise files.corrupt(self.CLASS_FILE or self.FILES[0],
@@ -112,16 +113,14 @@ def _split_index(path, sources):
     index = {split: dict(zip(("keys", "labels"), _read_index(sources[split])))
              for split in ("train", "test")}
     try:
-        with open(path + f".{os.getpid()}.tmp", "w") as f:
-            json.dump(index, f)
-        os.replace(path + f".{os.getpid()}.tmp", path)
+        files.write_json(path, index)
     except OSError:
         pass  # a read-only prepared_dir: read the labels again next time.
     return index
 
 
 def load(builder_cls, config):
-    """Prepare (once) and open a paper dataset: `common.DatasetSplits`."""
+    """Prepare (once) and open a paper dataset: `archives.DatasetSplits`."""
     data = config.data
     manual_dir = os.path.abspath(data.manual_dir) if data.manual_dir else ""
     prepared_dir = data.prepared_dir or (os.path.join(manual_dir, "prepared") if manual_dir
@@ -129,11 +128,11 @@ def load(builder_cls, config):
     name = builder_cls.DATASET
     if not prepared_dir:
         raise UserError(f"{name}: data.manual_dir is empty; set it to the folder that holds "
-                        f"the official files {', '.join(builder_cls.FILES)} (see {common.DOCS})")
+                        f"the official files {', '.join(builder_cls.FILES)} (see {archives.DOCS})")
     version_dir = os.path.join(prepared_dir, builder_cls.name, _VERSION)
     if not os.path.exists(os.path.join(version_dir, "dataset_info.json")):
         # Not prepared yet: check every official file (seconds) before creating anything.
-        common.OfficialFiles(name, manual_dir, builder_cls.FILES)
+        archives.OfficialFiles(name, manual_dir, builder_cls.FILES)
         try:
             os.makedirs(prepared_dir, exist_ok=True)
             with _lock(os.path.join(prepared_dir, f".{builder_cls.name}.lock")):
@@ -153,10 +152,10 @@ def load(builder_cls, config):
     index = _split_index(os.path.join(version_dir, "mgr_index.json"), sources)
     split_sources = {}
     for split in ("train", "test"):
-        idx = common.Index(index[split]["keys"], np.asarray(index[split]["labels"], np.int32))
-        split_sources[split] = common.ArraySource(sources[split], idx)
+        idx = archives.Index(index[split]["keys"], np.asarray(index[split]["labels"], np.int32))
+        split_sources[split] = archives.ArraySource(sources[split], idx)
     train, test = split_sources["train"], split_sources["test"]
-    return common.DatasetSplits(
+    return archives.DatasetSplits(
         name=name, class_names=list(builder.info.metadata["class_names"]),
-        train_source=train, train_indices=common.canonical_order(train.keys),
-        test_source=test, test_indices=common.canonical_order(test.keys))
+        train_source=train, train_indices=archives.canonical_order(train.keys),
+        test_source=test, test_indices=archives.canonical_order(test.keys))

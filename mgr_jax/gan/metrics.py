@@ -12,21 +12,21 @@ classifier, same sample count), never with published FIDs.
 """
 import json
 import os
-import warnings
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import scipy.linalg
 
-from configs import default
-from mgr_jax import input_pipeline, synthetic, train
+from mgr_jax import classifier, frechet, synthetic, train
+from mgr_jax.data import protocol
 from mgr_jax.generators import stylegan2_ada as sg_generator
 
 
 def classifier_config(config):
-    """The base default config on the generator config's data split (the metric classifier)."""
-    cls = default.get_config()
+    """The metric classifier's config: `config.metric.classifier` (the classifier's default
+    config, which the generator config embeds) on the generator config's data split."""
+    cls = ml_collections.ConfigDict(config.metric.classifier.to_dict())
     cls.method = "base"
     cls.seed = 0
     cls.num_epochs = config.metric.classifier_num_epochs
@@ -50,41 +50,20 @@ def ensure_classifier(cls_config, directory):
         return json.load(f)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2):
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) in float64 (imaginary round-off dropped;
-    a singular product is regularised with 1e-6 I, as is usual for FID)."""
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    with warnings.catch_warnings():  # singular products are handled below
-        warnings.simplefilter("ignore")
-        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-        if not np.all(np.isfinite(covmean)):
-            eye = np.eye(sigma1.shape[0]) * 1e-6
-            covmean = scipy.linalg.sqrtm((sigma1 + eye) @ (sigma2 + eye))
-    covmean = np.real(covmean)
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
-
-
-def _moments(features):
-    features = np.asarray(features, np.float64)
-    return features.mean(axis=0), np.cov(features, rowvar=False)
-
-
 class ClassifierMetrics:
     """Label accuracy and Frechet distance of a generator, in a trained classifier's space."""
 
     def __init__(self, cls_config, directory, real_images, num_classes, batch_size=256):
         """`real_images`: the real D images, normalised as the classifier's input."""
         state = train.restore_state(cls_config, directory, which="best")
-        model = train.create_model(cls_config, num_classes)
+        model = classifier.create_model(cls_config, num_classes)
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         self._apply = jax.jit(lambda x: model.apply(variables, x, train=False))
         self.image_size = cls_config.data.image_size
         self.batch_size = batch_size
         self._samplers = {}  # G -> jitted (variables, z, labels) -> normalised images
         _, real_features = self._run(real_images)
-        self.real_moments = _moments(real_features)
+        self.real_moments = frechet.moments(real_features)
 
     def _run(self, images):
         """(logits, features) over `images` (normalised), in fixed-size batches."""
@@ -101,11 +80,6 @@ class ClassifierMetrics:
             feats.append(np.asarray(out_feats)[:n])
         return np.concatenate(logits), np.concatenate(feats)
 
-    def frechet_to_real(self, images):
-        """Frechet distance of normalised real `images` (e.g. the test split) to D."""
-        _, feats = self._run(images)
-        return frechet_distance(*self.real_moments, *_moments(feats))
-
     def evaluate(self, G, variables, key, num_samples):
         """{"label_accuracy", "frechet_distance"} of G (a stylegan2.Generator) with `variables`;
         labels cycle through the classes, z from `key` (fixed key: comparable snapshots)."""
@@ -114,7 +88,7 @@ class ClassifierMetrics:
         labels = np.arange(num_samples) % num_classes
         z = jax.random.normal(key, (num_samples,) + gen.latent_shape)
         if G not in self._samplers:
-            self._samplers[G] = jax.jit(lambda p, z, y: input_pipeline.normalize(
+            self._samplers[G] = jax.jit(lambda p, z, y: protocol.normalize(
                 synthetic.synthesize(gen, p, z, y, self.image_size)))
         make = self._samplers[G]
         images = np.concatenate([
@@ -122,7 +96,8 @@ class ClassifierMetrics:
                             jnp.asarray(labels[s:s + self.batch_size])))
             for s in range(0, num_samples, self.batch_size)])
         logits, feats = self._run(images)
-        out = {"frechet_distance": frechet_distance(*self.real_moments, *_moments(feats))}
+        out = {"frechet_distance": frechet.frechet_distance(*self.real_moments,
+                                                            *frechet.moments(feats))}
         if gen.num_classes > 0:
             out["label_accuracy"] = 100.0 * float(np.mean(np.argmax(logits, -1) == labels))
         return out

@@ -8,7 +8,7 @@ trnid + valid (2,040 images) are the official training split, tstid the test spl
 official files carry no class names: classes are named by their official number
 ("class_001" ... "class_102").
 """
-from mgr_jax.datasets import builder
+from mgr_jax.data.datasets import builder
 
 ARCHIVE = "102flowers.tgz"
 
@@ -43,3 +43,8 @@ class MgrFlowers(builder.ArchiveBuilder):
 
 
 BUILDER = MgrFlowers
+
+
+def load(config):
+    """Prepare (once) and open the dataset: `archives.DatasetSplits`."""
+    return builder.load(BUILDER, config)

@@ -6,7 +6,7 @@ Official file in data.manual_dir:
 The first of the ten official partitions: train1 + val1 (3,760 images) are the official
 training split, test1 (1,880) the test split. Classes in alphabetical order.
 """
-from mgr_jax.datasets import builder
+from mgr_jax.data.datasets import builder
 
 ARCHIVE = "dtd-r1.0.1.tar.gz"
 ROOT = "dtd/"
@@ -32,3 +32,8 @@ class MgrDtd(builder.ArchiveBuilder):
 
 
 BUILDER = MgrDtd
+
+
+def load(config):
+    """Prepare (once) and open the dataset: `archives.DatasetSplits`."""
+    return builder.load(BUILDER, config)

@@ -235,18 +235,14 @@ def augment_uint8(images, name, rng):
 
 
 def array_augment_fn(name):
-    """The in-memory pipeline's hook: `fn(normalised float images, rng)`, or None for "none".
-
-    Images are mapped back to uint8 RGB (the ops' domain), augmented, and normalised again.
-    """
+    """The in-memory pipeline's hook: `fn(images01 (N, H, W, 3) float in [0, 1], rng)`, or None
+    for "none". Images are rounded to uint8 RGB (the ops' domain), augmented, scaled back."""
     if name == "none":
         return None
     get(name)  # fail on a bad name now, not in the first batch.
-    from mgr_jax.input_pipeline import MEAN_RGB, STDDEV_RGB  # noqa: PLC0415 (no cycle)
 
-    def fn(images, rng):
-        u8 = np.clip(np.rint((images * STDDEV_RGB + MEAN_RGB) * 255.0), 0, 255).astype(np.uint8)
-        out = augment_uint8(u8, name, rng).astype(np.float32) / 255.0
-        return ((out - MEAN_RGB) / STDDEV_RGB).astype(np.float32)
+    def fn(images01, rng):
+        u8 = np.clip(np.rint(images01 * 255.0), 0, 255).astype(np.uint8)
+        return augment_uint8(u8, name, rng).astype(np.float32) / 255.0
 
     return fn

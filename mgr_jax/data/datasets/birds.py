@@ -9,7 +9,7 @@ Official file in data.manual_dir:
 Class names drop the numeric prefix ("Black_footed_Albatross"). Bounding boxes, parts and
 attributes are not used.
 """
-from mgr_jax.datasets import builder
+from mgr_jax.data.datasets import builder
 
 ARCHIVE = "CUB_200_2011.tgz"
 ROOT = "CUB_200_2011/"
@@ -52,3 +52,8 @@ class MgrBirds(builder.ArchiveBuilder):
 
 
 BUILDER = MgrBirds
+
+
+def load(config):
+    """Prepare (once) and open the dataset: `archives.DatasetSplits`."""
+    return builder.load(BUILDER, config)

@@ -8,7 +8,7 @@ Official files in data.manual_dir:
 Class names are the image-name prefixes ("Abyssinian", "american_bulldog", ...), ordered by
 class id. Some images are PNG or CMYK JPEG under a .jpg name: PIL reads them all as RGB.
 """
-from mgr_jax.datasets import builder
+from mgr_jax.data.datasets import builder
 
 IMAGES = "images.tar.gz"
 ANNOTATIONS = "annotations.tar.gz"
@@ -42,3 +42,8 @@ class MgrPets(builder.ArchiveBuilder):
 
 
 BUILDER = MgrPets
+
+
+def load(config):
+    """Prepare (once) and open the dataset: `archives.DatasetSplits`."""
+    return builder.load(BUILDER, config)

@@ -19,164 +19,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-# name -> (function, default gain); the gains are the official `def_gain` values.
-_ACTIVATIONS = {
-    "linear": (lambda x: x, 1.0),
-    "relu": (jax.nn.relu, math.sqrt(2.0)),
-    "lrelu": (lambda x: jnp.where(x >= 0, x, 0.2 * x), math.sqrt(2.0)),
-}
-_DIMS = ("NHWC", "HWIO", "NHWC")
-
-
-def _precision(dtype):
-    """Full float32 precision for float32 compute (no TF32 on GPUs), the default otherwise."""
-    return lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else lax.Precision.DEFAULT
-
-
-def bias_act(x, b=None, act="linear", gain=None, clamp=None):
-    """x + b (on the last axis), activation, times gain (default: the activation's), clamp."""
-    fn, def_gain = _ACTIVATIONS[act]
-    if b is not None:
-        x = x + b.astype(x.dtype)
-    x = fn(x)
-    gain = def_gain if gain is None else gain
-    if gain != 1:
-        x = x * gain
-    if clamp is not None:
-        x = jnp.clip(x, -clamp, clamp)
-    return x
-
-
-def normalize_2nd_moment(x, eps=1e-8):
-    """x / sqrt(mean(x^2) + eps) over the last axis; (N, D) -> (N, D)."""
-    return x * lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
-
-
-def setup_filter(taps):
-    """2-D FIR filter (fh, fw) from 1-D taps: outer product, normalised to sum 1 (numpy)."""
-    f = np.asarray(taps, np.float32)
-    if f.ndim == 1:
-        f = np.outer(f, f)
-    return f / f.sum()
-
-
-def upfirdn2d(x, f, up=1, down=1, padding=(0, 0, 0, 0), gain=1.0, flip_filter=False):
-    """Upsample (zero insertion), pad/crop, FIR filter, downsample; NHWC -> NHWC.
-
-    Same semantics as the official op: every input pixel is followed by up-1 zeros, `padding` is
-    (x0, x1, y0, y1) and may be negative (crop), the 2-D filter is scaled by `gain` and applied as
-    a true convolution (flipped) unless `flip_filter`. Separable filters (all that
-    `setup_filter` makes) run as two 1-D passes of weighted shifted slices: XLA on CPU runs the
-    equivalent depthwise convolution (`fir_depthwise`, used for any other filter) 10-60x slower.
-    """
-    px0, px1, py0, py1 = padding
-    # lax.pad does zero insertion (interior), the trailing zeros and the pad/crop in one go.
-    cfg = [(0, 0, 0), (py0, py1 + up - 1, up - 1), (px0, px1 + up - 1, up - 1), (0, 0, 0)]
-    x = lax.pad(x, jnp.zeros((), x.dtype), cfg)
-    taps = separable_taps(f)
-    if taps is None:
-        f = np.asarray(f, np.float32) * gain
-        x = fir_depthwise(x, f if flip_filter else f[::-1, ::-1])
-    else:
-        v, h = taps
-        if not flip_filter:  # a true convolution: correlate with the reversed taps
-            v, h = v[::-1], h[::-1]
-        x = _fir_axis(_fir_axis(x, v * gain, 1), h, 2)
-    return x[:, ::down, ::down, :] if down > 1 else x
-
-
-def fir_depthwise(x, f):
-    """Valid 2-D correlation of every channel of x (NHWC) with the filter f (fh, fw)."""
-    channels = x.shape[-1]
-    kernel = jnp.asarray(np.tile(np.asarray(f)[:, :, None, None], (1, 1, 1, channels)), x.dtype)
-    return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_DIMS,
-                                    feature_group_count=channels, precision=_precision(x.dtype))
-
-
-def separable_taps(f):
-    """(vertical, horizontal) 1-D taps with outer(v, h) == f, or None if f is not separable."""
-    f = np.asarray(f, np.float64)
-    if f.ndim == 1:
-        return f, f
-    v, h = f.sum(axis=1), f.sum(axis=0)
-    total = f.sum()
-    if total == 0 or not np.allclose(np.outer(v, h) / total, f, rtol=1e-6, atol=1e-9):
-        return None
-    return v / total, h
-
-
-def _fir_axis(x, taps, axis):
-    """Valid correlation of x with the 1-D `taps` along `axis`, as a sum of shifted slices."""
-    size = x.shape[axis] - len(taps) + 1
-    out = None
-    for i, t in enumerate(taps):
-        if t == 0:
-            continue
-        part = lax.slice_in_dim(x, i, i + size, axis=axis) * jnp.asarray(t, x.dtype)
-        out = part if out is None else out + part
-    return out
-
-
-def upsample2d(x, f, up=2):
-    """Upsample by `up` with the FIR filter `f` (gain up^2 keeps the mean); NHWC -> NHWC."""
-    fw = f.shape[-1]
-    p0, p1 = (fw + up - 1) // 2, (fw - up) // 2
-    return upfirdn2d(x, f, up=up, padding=(p0, p1, p0, p1), gain=up * up)
-
-
-def conv2d_resample(x, w, f=None, up=1, padding=0, precision=None):
-    """Correlation with w (kh, kw, I, O), optionally upsampling x2 with filter f first.
-
-    For up=2 this is the official transposed-convolution path: stride-2 transposed conv, then the
-    FIR filter with the padding the official op derives from the kernel and filter sizes.
-    """
-    kh = w.shape[0]
-    if up == 1:
-        pad = [(padding, padding)] * 2
-        return lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=_DIMS,
-                                        precision=precision)
-    if up != 2:
-        raise ValueError(f"up must be 1 or 2, got {up}")
-    fw = f.shape[-1]
-    p0 = padding + (fw + up - 1) // 2
-    p1 = padding + (fw - up) // 2
-    if kh == 1:  # 1x1 kernels: filter first, then the pointwise conv (cheaper, same result).
-        x = upfirdn2d(x, f, up=up, padding=(p0, p1, p0, p1), gain=up * up)
-        return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=_DIMS,
-                                        precision=precision)
-    p0 -= kh - 1
-    p1 -= kh - up
-    pt = max(min(-p0, -p1), 0)
-    # torch conv_transpose2d(x, w, stride 2, padding pt) == correlation of the 2x-dilated input,
-    # padded by k-1-pt, with the spatially flipped kernel.
-    pad = [(kh - 1 - pt, kh - 1 - pt)] * 2
-    x = lax.conv_general_dilated(x, w[::-1, ::-1], (1, 1), pad, lhs_dilation=(up, up),
-                                 dimension_numbers=_DIMS, precision=precision)
-    return upfirdn2d(x, f, padding=(p0 + pt, p1 + pt, p0 + pt, p1 + pt), gain=up * up)
-
-
-def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_filter=None,
-                     demodulate=True, dtype=jnp.float32):
-    """StyleGAN2 modulated conv: x (N,H,W,I), weight (k,k,I,O), styles (N,I) -> (N,H',W',O).
-
-    Computed as scale-input, shared-weight conv, scale-output (the official non-fused path),
-    which equals a per-sample conv with weight * styles, demodulated to unit norm per output.
-    """
-    precision = _precision(dtype)
-    styles = styles.astype(jnp.float32)
-    weight = weight.astype(jnp.float32)
-    x = x.astype(dtype) * styles[:, None, None, :].astype(dtype)
-    x = conv2d_resample(x, weight.astype(dtype), resample_filter, up=up, padding=padding,
-                        precision=precision)
-    if demodulate:
-        # sum over (i, kh, kw) of (w * s_i)^2 = s^2 @ sum_k w^2: (N, I) @ (I, O).
-        wsq = jnp.sum(jnp.square(weight), axis=(0, 1))
-        dcoefs = lax.rsqrt(jnp.matmul(jnp.square(styles), wsq, precision=lax.Precision.HIGHEST)
-                           + 1e-8)
-        x = x * dcoefs[:, None, None, :].astype(x.dtype)
-    if noise is not None:
-        x = x + noise.astype(x.dtype)
-    return x
+from mgr_jax.models.stylegan2.ops import (
+    _ACTIVATIONS,
+    _precision,
+    bias_act,
+    conv2d_resample,
+    modulated_conv2d,
+    normalize_2nd_moment,
+    setup_filter,
+    upsample2d,
+)
 
 
 class FullyConnectedLayer(nn.Module):
@@ -263,6 +115,7 @@ class SynthesisLayer(nn.Module):
     resample_filter: Tuple[int, ...] = (1, 3, 3, 1)
     conv_clamp: Optional[float] = None
     dtype: Any = "float32"
+    upsample_impl: str = "transposed"  # or "fir_first": see ops.conv2d_resample
 
     @nn.compact
     def __call__(self, x, w, noise_mode="const", gain=1.0):
@@ -286,7 +139,8 @@ class SynthesisLayer(nn.Module):
             elif noise_mode != "none":
                 raise ValueError(f"noise_mode must be const, random or none, got {noise_mode!r}")
         x = modulated_conv2d(x, weight, styles, noise=noise, up=self.up, padding=k // 2,
-                             resample_filter=setup_filter(self.resample_filter), dtype=self.dtype)
+                             resample_filter=setup_filter(self.resample_filter), dtype=self.dtype,
+                             upsample_impl=self.upsample_impl)
         bias = self.param("bias", nn.initializers.zeros, (self.out_channels,))
         clamp = None if self.conv_clamp is None else self.conv_clamp * gain
         return bias_act(x, bias, act=self.activation,
@@ -364,12 +218,13 @@ class SynthesisBlock(nn.Module):
     conv_clamp: Optional[float] = None
     use_noise: bool = True
     dtype: Any = "float32"
+    upsample_impl: str = "transposed"
 
     @nn.compact
     def __call__(self, x, img, ws, noise_mode="const"):
         layer = dict(resolution=self.resolution, use_noise=self.use_noise,
                      resample_filter=tuple(self.resample_filter), conv_clamp=self.conv_clamp,
-                     dtype=self.dtype)
+                     dtype=self.dtype, upsample_impl=self.upsample_impl)
         n = ws.shape[0]
         if self.in_channels == 0:
             r = self.resolution
@@ -412,6 +267,7 @@ class SynthesisNetwork(nn.Module):
     resample_filter: Tuple[int, ...] = (1, 3, 3, 1)
     use_noise: bool = True
     dtype: Any = "float32"
+    upsample_impl: str = "transposed"
 
     @nn.compact
     def __call__(self, ws, noise_mode="const"):
@@ -426,7 +282,7 @@ class SynthesisNetwork(nn.Module):
                 in_ch, out_ch, res, self.img_channels, res == self.img_resolution,
                 architecture=self.architecture, resample_filter=tuple(self.resample_filter),
                 conv_clamp=self.conv_clamp, use_noise=self.use_noise, dtype=self.dtype,
-                name=f"b{res}")(x, img, block_ws, noise_mode)
+                upsample_impl=self.upsample_impl, name=f"b{res}")(x, img, block_ws, noise_mode)
         return img.astype(jnp.float32)
 
 
@@ -454,6 +310,9 @@ class Generator(nn.Module):
     resample_filter: Sequence[int] = (1, 3, 3, 1)
     use_noise: bool = True
     dtype: Any = "float32"
+    # "fir_first": the same function with a cheaper weight gradient on CPU (ops.conv2d_resample);
+    # the variables do not depend on it.
+    upsample_impl: str = "transposed"
 
     @property
     def num_ws(self):
@@ -471,7 +330,8 @@ class Generator(nn.Module):
             self.w_dim, self.img_resolution, self.img_channels, channel_base=self.channel_base,
             channel_max=self.channel_max, architecture=self.architecture,
             conv_clamp=self.conv_clamp, resample_filter=tuple(self.resample_filter),
-            use_noise=self.use_noise, dtype=self.dtype, name="synthesis")
+            use_noise=self.use_noise, dtype=self.dtype, upsample_impl=self.upsample_impl,
+            name="synthesis")
 
     def __call__(self, z, c=None, truncation_psi=1.0, truncation_cutoff=None,
                  noise_mode="const"):

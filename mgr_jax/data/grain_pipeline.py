@@ -1,16 +1,15 @@
 """The input pipeline of the image datasets: grain over random-access sources of encoded images.
 
-Same interface as `input_pipeline.ArrayPipeline` (what `train.py` uses): `name`,
-`num_classes`, `image_size`, `steps_per_epoch`, `split_sizes()`, `train_batches(epoch,
-with_val=False)`, `eval_batches(split)`.
+Implements `mgr_jax.data.loader.Pipeline`, as `memory.ArrayPipeline` does; images are decoded
+to uint8 and normalised by `protocol.normalize` when a batch is made.
 
 Splits (SPEC training protocol): the official training split, in canonical order (sorted
-by file key), is cut into D and D_val by `input_pipeline.protocol_splits` with
+by file key), is cut into D and D_val by `protocol.protocol_splits` with
 `data.split_seed`; `data.subset_fraction` then samples D. The same seed gives the same
 split on any machine: it depends only on the official file list and numpy's PCG64.
 
 Training batches: one grain element per batch (global step = epoch * steps_per_epoch +
-step). The batch's examples are `input_pipeline.epoch_order(len(D), B, config.seed, epoch)`,
+step). The batch's examples are `protocol.epoch_order(len(D), B, config.seed, epoch)`,
 as the in-memory pipeline; each image is decoded, RandomResizedCrop'ed, flipped and
 augmented (`data.augment`) with its own Generator seeded by (seed, epoch, step, position),
 so batches do not depend on the number of workers or on timing. `data.num_workers` processes
@@ -29,12 +28,10 @@ import weakref
 
 import grain
 import numpy as np
+from absl import flags
 
-from mgr_jax import real_augment
-from mgr_jax.datasets import transforms
-from mgr_jax.input_pipeline import epoch_order, protocol_splits
-
-VAL_ORDER_SEED_OFFSET = 7919  # as ArrayPipeline: D_val batches in their own order.
+from mgr_jax.data import protocol, real_augment, transforms
+from mgr_jax.data.protocol import epoch_order, protocol_splits
 
 
 def _decode(source, i):
@@ -57,7 +54,7 @@ class TrainBatch:
             self._orders = {epoch: (
                 epoch_order(len(self.d_idx), self.batch_size, self.seed, epoch),
                 epoch_order(len(self.val_idx), self.batch_size,
-                            self.seed + VAL_ORDER_SEED_OFFSET, epoch))}
+                            self.seed + protocol.VAL_ORDER_SEED_OFFSET, epoch))}
         return self._orders[epoch]
 
     def train_image(self, src_index, rng):
@@ -80,11 +77,11 @@ class TrainBatch:
         images = np.stack([
             self.train_image(i, np.random.default_rng([self.seed, epoch, step, k]))
             for k, i in enumerate(src)])
-        batch = {"image": transforms.normalize_uint8(images),
+        batch = {"image": protocol.normalize(images),
                  "label": self.source.labels[src].astype(np.int32)}
         if self.with_val:
             val = self.val_idx[val_order[step % len(val_order)]]
-            batch["val_image"] = transforms.normalize_uint8(
+            batch["val_image"] = protocol.normalize(
                 np.stack([self.eval_image(i) for i in val]))
             batch["val_label"] = self.source.labels[val].astype(np.int32)
         return batch
@@ -108,7 +105,7 @@ class EvalBatch:
         labels[:n] = self.source.labels[idx]
         mask = np.zeros(bs, np.float32)
         mask[:n] = 1.0
-        out = transforms.normalize_uint8(images)
+        out = protocol.normalize(images)
         out[n:] = 0.0  # padding is zeros, as the in-memory pipeline's.
         return {"image": out, "label": labels, "mask": mask}
 
@@ -151,13 +148,12 @@ class _Stream:
 def _ensure_absl_flags_parsed():
     # grain's worker processes read an absl flag; outside an absl app (tests, notebooks,
     # library use) flags are unparsed and reading one raises. Mark them parsed (defaults).
-    from absl import flags  # noqa: PLC0415
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
 
 class GrainPipeline:
-    """Input pipeline over a `common.DatasetSplits` (see the module docstring)."""
+    """Input pipeline over a `archives.DatasetSplits` (see the module docstring)."""
 
     def __init__(self, splits, *, image_size, batch_size, eval_batch_size, seed, split_seed,
                  val_fraction, subset_fraction, augment="none", num_workers=2, num_threads=0,

@@ -9,7 +9,7 @@ Official files in data.manual_dir (as distributed by Stanford):
     cars_test_annos_withlabels.mat    annotations struct as above, for the test images
 The bounding boxes are not used (whole images, as the paper).
 """
-from mgr_jax.datasets import builder
+from mgr_jax.data.datasets import builder
 
 DEVKIT_META = "devkit/cars_meta.mat"
 DEVKIT_TRAIN = "devkit/cars_train_annos.mat"
@@ -48,3 +48,8 @@ class MgrCars(builder.ArchiveBuilder):
 
 
 BUILDER = MgrCars
+
+
+def load(config):
+    """Prepare (once) and open the dataset: `archives.DatasetSplits`."""
+    return builder.load(BUILDER, config)

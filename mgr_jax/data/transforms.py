@@ -9,11 +9,9 @@ from the numpy Generator passed in, so a fixed seed gives the same images anywhe
 import io
 import math
 
-import numpy as np
 from PIL import Image
 
 from mgr_jax.errors import UserError
-from mgr_jax.input_pipeline import MEAN_RGB, STDDEV_RGB
 
 
 def decode(data, key=""):
@@ -79,8 +77,3 @@ def eval_transform(image, size, crop_fraction=0.875):
     sx, sy = width / new_w, height / new_h
     box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
     return image.resize((size, size), Image.BILINEAR, box=box)
-
-
-def normalize_uint8(images):
-    """uint8 RGB (..., 3) -> float32 in the classifier's input normalisation."""
-    return ((images.astype(np.float32) * (1.0 / 255.0)) - MEAN_RGB) / STDDEV_RGB

@@ -11,9 +11,9 @@ import os
 
 import numpy as np
 
-from mgr_jax.datasets import common
+from mgr_jax.data import archives
+from mgr_jax.data.protocol import stratified_split
 from mgr_jax.errors import UserError
-from mgr_jax.input_pipeline import stratified_split
 
 
 def _class_images(root):
@@ -27,7 +27,7 @@ def _class_images(root):
         for dirpath, dirnames, filenames in os.walk(class_dir):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             paths += [os.path.relpath(os.path.join(dirpath, f), root) for f in filenames
-                      if not f.startswith(".") and f.lower().endswith(common.IMAGE_EXTENSIONS)]
+                      if not f.startswith(".") and f.lower().endswith(archives.IMAGE_EXTENSIONS)]
         if paths:
             classes[entry] = sorted(paths)
     return classes
@@ -39,8 +39,8 @@ def _source(root, classes, class_names):
     for name, files in classes.items():
         paths += files
         labels += [label_of[name]] * len(files)
-    order = common.canonical_order(paths)
-    return common.FileSource(root, [paths[i] for i in order], np.asarray(labels)[order])
+    order = archives.canonical_order(paths)
+    return archives.FileSource(root, [paths[i] for i in order], np.asarray(labels)[order])
 
 
 def load(config):
@@ -49,7 +49,7 @@ def load(config):
     if not root or not os.path.isdir(root):
         raise UserError(f"imagefolder: data.manual_dir={root!r} is not a folder; point it at a "
                         "folder with one sub-folder of images per class (see "
-                        f"{common.DOCS})")
+                        f"{archives.DOCS})")
     has_train = os.path.isdir(os.path.join(root, "train"))
     has_test = os.path.isdir(os.path.join(root, "test"))
     if has_train != has_test:
@@ -72,7 +72,7 @@ def load(config):
     if len(class_names) < 2:
         raise UserError(f"imagefolder: found {len(class_names)} class folder(s) with images in "
                         f"{root}{'/train' if has_train else ''}; need at least 2 "
-                        f"(images: {', '.join(common.IMAGE_EXTENSIONS)})")
+                        f"(images: {', '.join(archives.IMAGE_EXTENSIONS)})")
     if has_train:
         train = _source(os.path.join(root, "train"), train_classes, class_names)
         test = _source(os.path.join(root, "test"), test_classes, class_names)
@@ -82,6 +82,6 @@ def load(config):
             raise UserError(f"data.test_fraction={data.test_fraction} must be in (0, 1)")
         train = test = _source(root, train_classes, class_names)
         train_idx, test_idx = stratified_split(train.labels, data.test_fraction, data.split_seed)
-    return common.DatasetSplits(name="imagefolder", class_names=class_names,
+    return archives.DatasetSplits(name="imagefolder", class_names=class_names,
                                 train_source=train, train_indices=train_idx,
                                 test_source=test, test_indices=test_idx)

@@ -1,0 +1,101 @@
+"""The classifier: its TrainState, model, optimiser and schedule, forward pass, update, the base
+train step and the eval step. Pure functions of (state, batch, ...); the loop is `train.py`.
+"""
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from mgr_jax import losses
+from mgr_jax.models import resnet
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a step changes: classifier params, BN statistics, optimiser state.
+
+    `meta` holds what a method adds (finder params and Adam state for MPS methods; an
+    auxiliary head for gda_mh); it is an empty dict for `base`.
+    """
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    meta: Any
+
+
+def create_learning_rate_fn(config, steps_per_epoch):
+    """Step-wise lr: optimizer.lr, times lr_decay at each epoch in optimizer.lr_milestones."""
+    opt = config.optimizer
+    boundaries = {int(m) * steps_per_epoch: opt.lr_decay for m in opt.lr_milestones}
+    return optax.piecewise_constant_schedule(opt.lr, boundaries)
+
+
+def create_optimizer(config, learning_rate_fn):
+    """Nesterov SGD as torch.optim.SGD (dampening 0), weight decay added to the gradient."""
+    opt = config.optimizer
+    sgd = optax.sgd(learning_rate_fn, momentum=opt.momentum, nesterov=opt.nesterov)
+    if opt.weight_decay:
+        return optax.chain(optax.add_decayed_weights(opt.weight_decay), sgd)
+    return sgd
+
+
+def create_model(config, num_classes):
+    return resnet.create_model(config.model.arch, num_classes=num_classes,
+                               width=config.model.width, cifar_stem=config.model.cifar_stem,
+                               dtype=jnp.dtype(config.model.dtype))
+
+
+def create_train_state(rng, model, tx, image_size, init_variables=None, meta=None):
+    """Initialise (or take `init_variables` for) the classifier and its optimiser state."""
+    if init_variables is None:
+        init_variables = model.init(rng, jnp.zeros((1, image_size, image_size, 3)), train=False)
+    params = init_variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=init_variables["batch_stats"], opt_state=tx.init(params),
+                      meta=meta if meta is not None else {})
+
+
+def classifier_forward(model, params, batch_stats, images, train):
+    """(logits, features, new_batch_stats) of the classifier; stats unchanged in eval."""
+    variables = {"params": params, "batch_stats": batch_stats}
+    if train:
+        (logits, feats), upd = model.apply(variables, images, train=True, mutable=["batch_stats"])
+        return logits, feats, upd["batch_stats"]
+    logits, feats = model.apply(variables, images, train=False)
+    return logits, feats, batch_stats
+
+
+def apply_classifier_update(state, tx, grads, batch_stats, meta=None):
+    """One optimiser step on the classifier; returns the new state (step + 1)."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                         batch_stats=batch_stats, opt_state=opt_state,
+                         meta=state.meta if meta is None else meta)
+
+
+def train_step(state, batch, rng, *, model, tx, learning_rate_fn):
+    """Base method: one SGD step on CE(real batch). Returns (state, metrics)."""
+    del rng  # the base step draws nothing.
+
+    def loss_fn(params):
+        logits, _, stats = classifier_forward(model, params, state.batch_stats, batch["image"],
+                                              True)
+        return losses.cross_entropy(logits, batch["label"]), (logits, stats)
+
+    (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics = {"loss": loss, "accuracy": 100.0 * jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+               "lr": learning_rate_fn(state.step)}
+    return apply_classifier_update(state, tx, grads, stats), metrics
+
+
+def eval_step(state, batch, *, model):
+    """Summed (correct, loss, count) over the real samples of a padded eval batch."""
+    logits, _, _ = classifier_forward(model, state.params, state.batch_stats, batch["image"],
+                                      False)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    nll = -jnp.take_along_axis(logp, batch["label"][:, None], axis=1)[:, 0]
+    mask = batch["mask"]
+    return {"correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+            "loss": jnp.sum(nll * mask), "count": jnp.sum(mask)}

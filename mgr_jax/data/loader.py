@@ -1,0 +1,43 @@
+"""The one input-pipeline interface, and the pipeline a config names.
+
+Both implementations (`memory.ArrayPipeline` for the embedded digits, `grain_pipeline.
+GrainPipeline` for image datasets) yield batches as dicts of numpy arrays, normalised by
+`protocol.normalize` (the classifier's input; consumers never undo it):
+    train: {"image": (B, S, S, 3) float32, "label": (B,) int32}, plus "val_image" /
+           "val_label" (a D_val batch, unaugmented) when `with_val` is set (MPS steps);
+    eval:  the same keys plus "mask" (B,) float32, 0 on padding (static shapes: one compile).
+"""
+from typing import Iterator, Protocol, runtime_checkable
+
+from mgr_jax.data import datasets, grain_pipeline, memory
+
+
+@runtime_checkable
+class Pipeline(Protocol):
+    """What the train loop, the experiments and the GAN trainer use of a pipeline."""
+    name: str
+    num_classes: int
+    class_names: list  # num_classes display names
+    image_size: int
+    batch_size: int
+    steps_per_epoch: int
+
+    def split_sizes(self) -> dict:
+        """{"train": len(D), "val": len(D_val), "test": len(test)}."""
+
+    def train_batches(self, epoch: int, with_val: bool = False) -> Iterator[dict]:
+        """One epoch of full training batches, in an order fixed by (seed, epoch)."""
+
+    def eval_batches(self, split: str) -> Iterator[dict]:
+        """The whole split ("train", "val" or "test") in order, the last batch padded."""
+
+    def close(self) -> None:
+        """Release workers (a no-op for the in-memory pipeline)."""
+
+
+def create_pipeline(config) -> Pipeline:
+    """The pipeline of `config.data.name` (UserError, one line, for unknown names)."""
+    if config.data.name == "digits":
+        return memory.create_digits_pipeline(config)
+    datasets.validate(config.data)
+    return grain_pipeline.GrainPipeline.from_config(datasets.load_splits(config), config)

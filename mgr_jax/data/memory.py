@@ -1,0 +1,117 @@
+"""The in-memory input pipeline of the embedded dataset (scikit-learn's digits).
+
+Implements `mgr_jax.data.loader.Pipeline`. Images are held as float32 [0, 1] RGB and
+normalised by `protocol.normalize` when a batch is made, as the grain pipeline does.
+"""
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+from sklearn.datasets import load_digits
+
+from mgr_jax.data import protocol, real_augment
+
+
+@dataclasses.dataclass
+class ArraySplit:
+    images: np.ndarray  # (N, S, S, 3) float32 RGB in [0, 1]
+    labels: np.ndarray  # (N,) int32
+
+    def __len__(self):
+        return len(self.labels)
+
+
+class ArrayPipeline:
+    """Input pipeline over splits held in memory (the embedded datasets).
+
+    `augment_fn(images01 (B, S, S, 3) float32, rng) -> images01` runs on each training batch.
+    """
+
+    def __init__(self, name, num_classes, train, val, test, *, batch_size, eval_batch_size,
+                 seed, augment_fn=None):
+        self.name, self.num_classes = name, num_classes
+        self.class_names = [str(c) for c in range(num_classes)]
+        self.splits = {"train": train, "val": val, "test": test}
+        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+        self.image_size = train.images.shape[1]
+        self.steps_per_epoch = max(1, len(train) // batch_size)
+        self._augment_fn = augment_fn
+
+    def split_sizes(self):
+        return {k: len(v) for k, v in self.splits.items()}
+
+    def train_batches(self, epoch, with_val=False) -> Iterator[dict]:
+        """One epoch of full training batches, in an order fixed by (seed, epoch)."""
+        train, val = self.splits["train"], self.splits["val"]
+        order = protocol.epoch_order(len(train), self.batch_size, self.seed, epoch)
+        val_order = protocol.epoch_order(len(val), self.batch_size, self.seed + protocol.VAL_ORDER_SEED_OFFSET, epoch)
+        aug_rng = np.random.default_rng([self.seed, epoch, 1])
+        for step, idx in enumerate(order):
+            images = train.images[idx]
+            if self._augment_fn is not None:
+                images = self._augment_fn(images, aug_rng)
+            batch = {"image": protocol.normalize(images), "label": train.labels[idx]}
+            if with_val:
+                v = val_order[step % len(val_order)]
+                batch["val_image"] = protocol.normalize(val.images[v])
+                batch["val_label"] = val.labels[v]
+            yield batch
+
+    def close(self):
+        """Nothing to release (the grain pipeline stops its workers here)."""
+
+    def eval_batches(self, split) -> Iterator[dict]:
+        """The whole split in order, the last batch zero-padded and masked."""
+        data = self.splits[split]
+        bs = self.eval_batch_size
+        for start in range(0, len(data), bs):
+            images = protocol.normalize(data.images[start:start + bs])
+            labels = data.labels[start:start + bs]
+            n = len(labels)
+            mask = np.zeros(bs, np.float32)
+            mask[:n] = 1.0
+            if n < bs:
+                images = np.concatenate([images, np.zeros((bs - n,) + images.shape[1:],
+                                                          images.dtype)])
+                labels = np.concatenate([labels, np.zeros(bs - n, labels.dtype)])
+            yield {"image": images, "label": labels, "mask": mask}
+
+
+def _resize_bilinear(images, size):
+    """Resize (N, h, w, C) float images to (N, size, size, C) with PIL-free numpy bilinear."""
+    n, h, w, c = images.shape
+    ys = (np.arange(size) + 0.5) * h / size - 0.5
+    xs = (np.arange(size) + 0.5) * w / size - 0.5
+    y0 = np.clip(np.floor(ys).astype(int), 0, h - 1)
+    x0 = np.clip(np.floor(xs).astype(int), 0, w - 1)
+    y1, x1 = np.clip(y0 + 1, 0, h - 1), np.clip(x0 + 1, 0, w - 1)
+    wy = np.clip(ys - y0, 0, 1)[None, :, None, None]
+    wx = np.clip(xs - x0, 0, 1)[None, None, :, None]
+    top = images[:, y0][:, :, x0] * (1 - wx) + images[:, y0][:, :, x1] * wx
+    bot = images[:, y1][:, :, x0] * (1 - wx) + images[:, y1][:, :, x1] * wx
+    return (top * (1 - wy) + bot * wy).astype(np.float32)
+
+
+def load_digits_arrays(image_size):
+    """scikit-learn's digits as ([0, 1] RGB images (N, S, S, 3), int32 labels (N,))."""
+    # scikit-learn ships the data in its wheel.
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[..., None]
+    images = _resize_bilinear(images, image_size)
+    return np.repeat(images, 3, axis=-1), digits.target.astype(np.int32)
+
+
+def create_digits_pipeline(config):
+    """The embedded digits with the protocol's splits (config.data.name == "digits")."""
+    data = config.data
+    images01, labels = load_digits_arrays(data.image_size)
+    # digits has no official test split: a fixed-seed stratified one stands in.
+    train_idx, test_idx = protocol.stratified_split(labels, data.test_fraction, data.split_seed)
+    d_local, val_local = protocol.protocol_splits(
+        labels[train_idx], val_fraction=data.val_fraction, subset_fraction=data.subset_fraction,
+        seed=data.split_seed)
+    d_idx, val_idx = train_idx[d_local], train_idx[val_local]
+    split = lambda idx: ArraySplit(images01[idx], labels[idx])  # noqa: E731
+    return ArrayPipeline("digits", 10, split(d_idx), split(val_idx), split(test_idx),
+                         batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
+                         seed=config.seed, augment_fn=real_augment.array_augment_fn(data.augment))
