@@ -91,8 +91,8 @@ def get_config():
     config.lambda_ = 0.1
 
     # Generator of the synthetic samples (methods other than base). kind: random (a random
-    # tiny generator, for tests), stylegan2_ada, biggan, fastgan, edm; checkpoint: a converted
-    # directory (python -m converters.<kind>) or the original file.
+    # tiny generator, for tests), stylegan2_ada, stylegan_xl, biggan, fastgan, edm; checkpoint:
+    # a converted directory (python -m converters.<kind>) or the original file.
     config.generator = ml_collections.ConfigDict()
     config.generator.kind = "stylegan2_ada"
     config.generator.checkpoint = SHIPPED_GENERATOR

@@ -12,7 +12,6 @@ Name map (torch -> Flax): `blocks.i.j.` -> `blocks_i_j/`, `output_layer.j.` -> `
 `weight` -> `kernel` (OIHW -> HWIO, (out, in) -> (in, out)) or `embedding`, `stored_mean/var` ->
 batch_stats `mean/var`, `u0..uk` -> spectral_norm `u` (k, out); `sv*` (logging only) dropped.
 """
-import argparse
 import dataclasses
 import json
 import os
@@ -25,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters import torch_pickle
+from converters import cli, torch_pickle
 from converters.errors import ConversionError
 from mgr_jax import variables_io
 from mgr_jax.models.biggan import _ARCH_MULTIPLIERS, BigGAN
@@ -288,14 +287,16 @@ def _parse_value(text):
 
 
 def main(argv=None):
-    """CLI entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(
+    """CLI entry point; returns the exit status (2 after a one-line error on stderr)."""
+    parser = cli.ArgumentParser(
+        prog="python -m converters.biggan",
         description="Convert an official BigGAN-PyTorch G_ema.pth / G.pth to Flax variables. "
                     "Extra --NAME=VALUE options are official Generator keywords.")
     parser.add_argument("checkpoint")
     parser.add_argument("out_dir")
     parser.add_argument("--kwargs_json", default=None,
                         help="JSON file of Generator kwargs (or {'G_kwargs': {...}})")
+    cli.add_overwrite_flag(parser)
     args, extra = parser.parse_known_args(argv)
     kwargs = {}
     for item in extra:
@@ -303,17 +304,15 @@ def main(argv=None):
             parser.error(f"unrecognised argument {item!r} (use --NAME=VALUE)")
         name, value = item[2:].split("=", 1)
         kwargs[name] = _parse_value(value)
-    try:
+
+    def write(staged):
         module, variables = convert(args.checkpoint, kwargs_json=args.kwargs_json, **kwargs)
         meta = {"kind": "biggan", "module_kwargs": module_kwargs(module),
                 "source": os.path.abspath(args.checkpoint)}
-        variables_io.save_variables(args.out_dir, variables, meta)
-    except (OSError, ValueError, torch_pickle.UnsafePickleError,
-            torch_pickle.CheckpointFormatError) as e:
-        print(f"error: {e}".splitlines()[0], file=sys.stderr)
-        return 1
-    print(f"wrote {args.out_dir} (BigGAN {_describe(meta['module_kwargs'])})")
-    return 0
+        variables_io.save_variables(staged, variables, meta)
+        return f"wrote {args.out_dir} (BigGAN {_describe(meta['module_kwargs'])})"
+
+    return cli.run(write, args.out_dir, args.overwrite)
 
 
 if __name__ == "__main__":

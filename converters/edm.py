@@ -13,7 +13,6 @@ is refused, with its name, before anything from the file runs.
 writes `mgr_jax.variables_io.save_variables(OUT_DIR, variables, meta)` with
 meta = {"kind": "edm", "module_kwargs": {...}, "source": ...}; `load_converted(OUT_DIR)` reads it.
 """
-import argparse
 import os
 import sys
 
@@ -21,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters import torch_pickle
+from converters import cli, torch_pickle
 from converters.errors import ConversionError
 from mgr_jax import variables_io
 from mgr_jax.models import edm
@@ -276,25 +275,23 @@ def load_converted(out_dir):
 
 
 def main(argv=None):
-    """Command line: convert a snapshot; one-line error and exit status 1 on bad input."""
-    parser = argparse.ArgumentParser(
+    """Command line: convert a snapshot into a new OUT_DIR; one-line error and exit status 2
+    on bad input (`converters.cli`)."""
+    parser = cli.ArgumentParser(
         prog="python -m converters.edm",
         description="Convert an official EDM network snapshot (.pkl) to Flax variables.")
     parser.add_argument("snapshot", help="network-snapshot-*.pkl written by EDM's training loop")
     parser.add_argument("out_dir", help="directory to write (meta.json + variables/)")
     parser.add_argument("--key", default="ema", help="snapshot entry to convert (default ema)")
+    cli.add_overwrite_flag(parser)
     args = parser.parse_args(argv)
-    try:
-        meta = save(args.snapshot, args.out_dir, args.key)
-    except (torch_pickle.UnsafePickleError, torch_pickle.CheckpointFormatError,
-            OSError, ValueError, NotImplementedError) as e:  # ConversionError is a ValueError
-        # Every error names the file already; keep the message to one line.
-        print(f"error: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
-        return 1
-    kw = meta["module_kwargs"]
-    print(f"wrote {args.out_dir}: EDMPrecond(SongUNet {kw['img_resolution']}px, "
-          f"label_dim {kw['label_dim']}, {kw['embedding_type']})")
-    return 0
+
+    def write(staged):
+        kw = save(args.snapshot, staged, args.key)["module_kwargs"]
+        return (f"wrote {args.out_dir}: EDMPrecond(SongUNet {kw['img_resolution']}px, "
+                f"label_dim {kw['label_dim']}, {kw['embedding_type']})")
+
+    return cli.run(write, args.out_dir, args.overwrite)
 
 
 if __name__ == "__main__":

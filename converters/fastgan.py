@@ -15,7 +15,6 @@ ConvTranspose2d `init.init.0` is (in, out, kh, kw) -> (kh, kw, in, out)), `weigh
 spectral_norm `u` / `v` (v re-ordered to the HWIO flattening), BatchNorm `weight/bias` ->
 `scale/bias`, `running_mean/var` -> batch_stats `mean/var`, NoiseInjection `weight` as is.
 """
-import argparse
 import os
 import sys
 
@@ -24,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters import torch_pickle
+from converters import cli, torch_pickle
 from converters.errors import ConversionError
 from mgr_jax import variables_io
 from mgr_jax.models.fastgan import (
@@ -180,26 +179,26 @@ def load_converted(directory):
 
 
 def main(argv=None):
-    """CLI entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(description="Convert an official FastGAN checkpoint "
-                                                 "(all_<iter>.pth) to Flax variables.")
+    """CLI entry point; returns the exit status (2 after a one-line error on stderr)."""
+    parser = cli.ArgumentParser(prog="python -m converters.fastgan",
+                                description="Convert an official FastGAN checkpoint "
+                                            "(all_<iter>.pth) to Flax variables.")
     parser.add_argument("checkpoint")
     parser.add_argument("out_dir")
     parser.add_argument("--raw", action="store_true",
                         help="convert the raw generator 'g' instead of the EMA one")
+    cli.add_overwrite_flag(parser)
     args = parser.parse_args(argv)
-    try:
+
+    def write(staged):
         module, variables = convert(args.checkpoint, use_ema=not args.raw)
         meta = {"kind": "fastgan", "module_kwargs": module_kwargs(module),
                 "source": os.path.abspath(args.checkpoint), "use_ema": not args.raw}
-        variables_io.save_variables(args.out_dir, variables, meta)
-    except (OSError, ValueError, torch_pickle.UnsafePickleError,
-            torch_pickle.CheckpointFormatError) as e:
-        print(f"error: {e}".splitlines()[0], file=sys.stderr)
-        return 1
-    print(f"wrote {args.out_dir} (FastGAN {module_kwargs(module)}, "
-          f"{'EMA' if not args.raw else 'raw'} weights)")
-    return 0
+        variables_io.save_variables(staged, variables, meta)
+        return (f"wrote {args.out_dir} (FastGAN {module_kwargs(module)}, "
+                f"{'EMA' if not args.raw else 'raw'} weights)")
+
+    return cli.run(write, args.out_dir, args.overwrite)
 
 
 if __name__ == "__main__":

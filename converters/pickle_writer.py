@@ -1,8 +1,10 @@
 """A small torch-free writer of PyTorch's checkpoint formats (zip, legacy, plain pickles).
 
 For tests, benchmarks and synthetic checkpoints: numpy arrays become tensors; `Global`,
-`Reduce`, `Instance` and `PersistentId` write those pickle constructs as they are.
-    save(path, obj, legacy=False), dumps_legacy(obj), dumps_plain(obj, protocol=4)
+`Reduce`, `Instance` and `PersistentId` write those pickle constructs as they are; `Build`
+(an object then BUILD with a state) and `Raw` (opcodes as given) write hostile payloads.
+    save(path, obj, legacy=False), dumps_legacy(obj), dumps_plain(obj, protocol=4),
+    fragment(obj, protocol=4): the opcodes of obj alone (no PROTO, no STOP)
 """
 import collections
 import io
@@ -36,6 +38,20 @@ class Instance:
 
     def __init__(self, cls, state, args=()):
         self.cls, self.state, self.args = cls, state, tuple(args)
+
+
+class Build:
+    """`obj`, then `state` and BUILD: what pickle writes to give an object its state."""
+
+    def __init__(self, obj, state):
+        self.obj, self.state = obj, state
+
+
+class Raw:
+    """Pickle opcodes written as they are (e.g. a payload no Python object pickles to)."""
+
+    def __init__(self, opcodes):
+        self.opcodes = bytes(opcodes)
 
 
 class PersistentId:
@@ -125,6 +141,12 @@ class _Writer:
             w(b"\x81")  # NEWOBJ
             self._emit(obj.state, out)
             w(b"b")  # BUILD
+        elif isinstance(obj, Build):
+            self._emit(obj.obj, out)
+            self._emit(obj.state, out)
+            w(b"b")  # BUILD
+        elif isinstance(obj, Raw):
+            w(obj.opcodes)
         elif isinstance(obj, PersistentId):
             self._emit(obj.pid, out)
             w(b"Q")
@@ -211,6 +233,13 @@ def dumps_legacy(obj):
 def dumps_plain(obj, protocol=4):
     """obj -> a plain pickle as pickle.dump writes torch objects (storages via _load_from_bytes)."""
     return _Writer(protocol, "plain").dumps(obj)
+
+
+def fragment(obj, protocol=4, mode="plain"):
+    """The opcodes that push `obj` (no PROTO header, no STOP), to splice into a pickle."""
+    out = io.BytesIO()
+    _Writer(protocol, mode)._emit(obj, out)
+    return out.getvalue()
 
 
 def save(path, obj, legacy=False):

@@ -12,10 +12,10 @@ Inputs:
     under "G_kwargs") or as `mgr_jax.models.stylegan2.Generator` field names.
 
 CLI:  python -m converters.stylegan2_ada in.pkl OUT_DIR [--kwargs_json J.json] [--seed S]
-writes `mgr_jax.variables_io` variables with meta {"kind": "stylegan2_ada", "module_kwargs",
-"source"} and OUT_DIR/samples.png (one row per class for a conditional G).
+[--overwrite] writes `mgr_jax.variables_io` variables with meta {"kind": "stylegan2_ada",
+"module_kwargs", "source"} and OUT_DIR/samples.png (one row per class for a conditional G).
+OUT_DIR must be new, or an earlier conversion with --overwrite; errors are one line, status 2.
 """
-import argparse
 import dataclasses
 import json
 import os
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters import torch_pickle
+from converters import cli, torch_pickle
 from mgr_jax import files, variables_io
 from mgr_jax.models import stylegan2
 
@@ -288,8 +288,10 @@ def write_samples_png(path, grid):
 
 
 def main(argv=None):
-    """CLI: convert a checkpoint, save variables and a sample grid."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """CLI: convert a checkpoint into a new OUT_DIR (variables + samples.png); errors are one
+    line on stderr with exit status 2 (`converters.cli`)."""
+    parser = cli.ArgumentParser(prog="python -m converters.stylegan2_ada",
+                                description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="network-snapshot-*.pkl or a G_ema state_dict file")
     parser.add_argument("out_dir")
     parser.add_argument("--kwargs_json", default=None,
@@ -297,15 +299,19 @@ def main(argv=None):
     parser.add_argument("--key", default="G_ema", help="which network of a snapshot to take")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample grid's z")
     parser.add_argument("--truncation_psi", type=float, default=1.0, help="for the grid only")
+    cli.add_overwrite_flag(parser)
     args = parser.parse_args(argv)
-    module, variables = convert(args.checkpoint, kwargs_json=args.kwargs_json, key=args.key)
-    save_converted(args.out_dir, module, variables, os.path.abspath(args.checkpoint))
-    grid = sample_grid(module, variables, jax.random.key(args.seed),
-                       truncation_psi=args.truncation_psi)
-    write_samples_png(os.path.join(args.out_dir, "samples.png"), grid)
-    print(f"wrote {args.out_dir} ({module.img_resolution}px, c_dim {module.c_dim}, "
-          f"num_ws {module.num_ws}) and samples.png")
-    return 0
+
+    def write(staged):
+        module, variables = convert(args.checkpoint, kwargs_json=args.kwargs_json, key=args.key)
+        save_converted(staged, module, variables, os.path.abspath(args.checkpoint))
+        grid = sample_grid(module, variables, jax.random.key(args.seed),
+                           truncation_psi=args.truncation_psi)
+        write_samples_png(os.path.join(staged, "samples.png"), grid)
+        return (f"wrote {args.out_dir} ({module.img_resolution}px, c_dim {module.c_dim}, "
+                f"num_ws {module.num_ws}) and samples.png")
+
+    return cli.run(write, args.out_dir, args.overwrite)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ PyTorch BatchNorm momentum is a fixed 0.1).
 with the module's own initialisers from `jax.random.PRNGKey(fc_seed)` (fc_seed=0 by default),
 and one line is logged saying so.
 """
-import argparse
 import logging
 import os
 import re
@@ -31,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters import torch_pickle
+from converters import cli, torch_pickle
 from mgr_jax.models import resnet
 from mgr_jax.variables_io import save_variables
 
@@ -343,8 +342,9 @@ def check_compatible(variables, module, sample_input_shape):
 
 
 def main(argv=None):
-    """CLI: convert IN.pth and write OUT_DIR with mgr_jax.variables_io.save_variables."""
-    parser = argparse.ArgumentParser(
+    """CLI: convert IN.pth into a new OUT_DIR with mgr_jax.variables_io.save_variables; errors
+    are one line on stderr with exit status 2 (`converters.cli`)."""
+    parser = cli.ArgumentParser(
         prog="python -m converters.torchvision_resnet",
         description="Convert a torchvision ResNet state_dict (.pth) to Flax variables.")
     parser.add_argument("input", help="torchvision ResNet .pth (torch.save of a state_dict)")
@@ -352,20 +352,18 @@ def main(argv=None):
     parser.add_argument("--num_classes", type=int, default=None,
                         help="new classifier size; re-initialises fc only (default: the file's)")
     parser.add_argument("--fc_seed", type=int, default=0, help="PRNG seed of a new fc")
+    cli.add_overwrite_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+
+    def write(staged):
         module, variables = convert(args.input, args.num_classes, fc_seed=args.fc_seed)
         meta = meta_for(module, args.input)
-        save_variables(args.out_dir, variables, meta)
-    except (OSError, ValueError, torch_pickle.UnsafePickleError,
-            torch_pickle.CheckpointFormatError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-              file=sys.stderr)
-        return 1
-    print(f"wrote {args.out_dir}: {meta['arch']}, {meta['num_classes']} classes, width "
-          f"{meta['width']:g}, cifar_stem {meta['cifar_stem']}")
-    return 0
+        save_variables(staged, variables, meta)
+        return (f"wrote {args.out_dir}: {meta['arch']}, {meta['num_classes']} classes, width "
+                f"{meta['width']:g}, cifar_stem {meta['cifar_stem']}")
+
+    return cli.run(write, args.out_dir, args.overwrite)
 
 
 if __name__ == "__main__":

@@ -2,69 +2,54 @@
 
 A checkpoint holds the whole train state and the loop's own state (epoch, best epoch,
 accuracies, elapsed time) as JSON, so a resumed run continues exactly where it stopped.
+A damaged checkpoint is never a traceback: `RunCheckpoints.resume` reports it in one line,
+moves it to `checkpoints/damaged/` and resumes from the newest good one (the best-validation
+checkpoint or an earlier epoch), or says that there is none. config.json and the workdir's
+lock are `mgr_jax.workdir`'s.
 """
-import json
 import os
 
 import orbax.checkpoint as ocp
 
 from mgr_jax import files
+from mgr_jax import workdir as workdir_lib
 from mgr_jax.errors import UserError
 
 # Fields that may change between a run and its resumption without changing its results.
-RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "data.num_workers", "data.num_threads",
-                     "data.prefetch_batches", "data.manual_dir", "data.prepared_dir",
-                     "distributed.enabled", "distributed.coordinator_address",
-                     "distributed.num_processes", "distributed.process_id")
-
-
-def flatten(d, prefix=""):
-    """{"a": {"b": 1}} -> {"a.b": 1}."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_differences(saved, current):
-    """Keys whose values differ between two config dicts (ignoring RESUMABLE_CHANGES)."""
-    a, b = flatten(saved), flatten(current)
-    keys = sorted(set(a) | set(b))
-    return [k for k in keys if k not in RESUMABLE_CHANGES
-            and json.dumps(a.get(k)) != json.dumps(b.get(k))]
+RESUMABLE_CHANGES = workdir_lib.RESUMABLE_CHANGES
+flatten = workdir_lib.flatten
+config_differences = workdir_lib.config_differences
 
 
 def check_workdir_config(workdir, config_dict):
-    """Raise UserError if `workdir` holds a run made with a different config."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    diff = config_differences(saved, config_dict)
-    if diff:
-        shown = ", ".join(f"{k} ({flatten(saved).get(k)!r} -> {flatten(config_dict).get(k)!r})"
-                          for k in diff[:5])
-        raise UserError(f"workdir {workdir} holds a run with a different config: {shown}; "
-                        "use a new --workdir or the same config to resume")
+    """Raise UserError if `workdir` holds a run made with a different config (or a damaged
+    config.json)."""
+    saved = workdir_lib.read_config(workdir)
+    if saved is not None:
+        workdir_lib.check_config(workdir, saved, config_dict)
 
 
 def write_config(workdir, config_dict):
+    """config.json of a run (replaced atomically); runs of `train` use `workdir.RunLock`."""
     os.makedirs(workdir, exist_ok=True)
     files.write_json(os.path.join(workdir, "config.json"), config_dict, sort_keys=True)
+
+
+def _reason(e):
+    """A library exception as a short phrase on one line."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    text = f"{type(e).__name__}: {text}" if type(e).__name__ not in text else text
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 class RunCheckpoints:
     """Latest-epoch and best-validation checkpoints under `workdir/checkpoints/`."""
 
     def __init__(self, workdir, keep_best=True):
-        root = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.root = os.path.join(os.path.abspath(workdir), "checkpoints")
         opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-        self.latest = ocp.CheckpointManager(os.path.join(root, "latest"), options=opts)
-        self.best = ocp.CheckpointManager(os.path.join(root, "best"), options=opts) \
+        self.latest = ocp.CheckpointManager(os.path.join(self.root, "latest"), options=opts)
+        self.best = ocp.CheckpointManager(os.path.join(self.root, "best"), options=opts) \
             if keep_best else None
 
     def save(self, epoch, state, loop, is_best):
@@ -74,15 +59,78 @@ class RunCheckpoints:
         if is_best and self.best is not None:
             self.best.save(epoch, args=args)
 
-    def restore_latest(self, abstract_state, which="latest"):
-        """(state, loop) of the latest (or best) epoch, or None when there is no checkpoint."""
-        manager = self.latest if which == "latest" else self.best
-        step = manager.latest_step()
-        if step is None:
-            return None
+    def _manager(self, which):
+        return self.latest if which == "latest" else self.best
+
+    def _restore(self, manager, step, abstract_state):
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), loop=ocp.args.JsonRestore()))
         return restored["state"], restored["loop"]
+
+    def restore_latest(self, abstract_state, which="latest"):
+        """(state, loop) of the latest (or best) epoch, or None when there is no checkpoint;
+        UserError (one line) when that checkpoint is damaged."""
+        manager = self._manager(which)
+        step = None if manager is None else manager.latest_step()
+        if step is None:
+            return None
+        try:
+            return self._restore(manager, step, abstract_state)
+        except Exception as e:  # noqa: BLE001 (orbax / tensorstore raise many kinds)
+            raise UserError(f"checkpoint {self.path(which, step)} is damaged ({_reason(e)})"
+                            ) from None
+
+    def path(self, which, step):
+        return os.path.join(self.root, which, str(step))
+
+    def _candidates(self):
+        """(which, step) of every checkpoint on disk, newest epoch first (latest before best)."""
+        found = []
+        for order, which in enumerate(("latest", "best")):
+            manager = self._manager(which)
+            if manager is not None:
+                found += [(-int(step), order, which) for step in manager.all_steps()]
+        return [(which, -neg) for neg, _, which in sorted(found)]
+
+    def resume(self, abstract_state, report=print):
+        """(state, loop, (which, step)) of the newest good checkpoint, or None when there is
+        no checkpoint at all.
+
+        Damaged checkpoints newer than it are reported (one line each, through `report`) and
+        moved to `checkpoints/damaged/`; when no checkpoint is good, UserError says so and
+        nothing is moved.
+        """
+        damaged = []
+        for which, step in self._candidates():
+            try:
+                state, loop = self._restore(self._manager(which), step, abstract_state)
+            except Exception as e:  # noqa: BLE001 (orbax / tensorstore raise many kinds)
+                damaged.append((which, step, _reason(e)))
+                continue
+            for bad_which, bad_step, why in damaged:
+                moved = self._set_aside(bad_which, bad_step)
+                report(f"warning: checkpoint {self.path(bad_which, bad_step)} is damaged "
+                       f"({why}); moved to {moved}; resuming from {self.path(which, step)} "
+                       f"(epoch {loop['epoch']})")
+            return state, loop, (which, step)
+        if damaged:
+            which, step, why = damaged[0]
+            raise UserError(f"checkpoint {self.path(which, step)} is damaged ({why}) and there "
+                            f"is no other good checkpoint in {self.root}; delete {self.root} to "
+                            "train this run again from the start, or use a new --workdir")
+        return None
+
+    def _set_aside(self, which, step):
+        """Move a damaged checkpoint out of its manager's folder; returns where it went."""
+        target = os.path.join(self.root, "damaged", f"{which}_{step}")
+        n = 1
+        while os.path.exists(target):
+            target = os.path.join(self.root, "damaged", f"{which}_{step}.{n}")
+            n += 1
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.rename(self.path(which, step), target)
+        self._manager(which).reload()
+        return target
 
     def close(self):
         self.latest.wait_until_finished()

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mgr_jax import losses
+from mgr_jax import contract, losses
 from mgr_jax.models import resnet
 
 
@@ -47,24 +47,24 @@ def create_model(config, num_classes):
                                dtype=jnp.dtype(config.model.dtype))
 
 
-def create_train_state(rng, model, tx, image_size, init_variables=None, meta=None):
-    """Initialise (or take `init_variables` for) the classifier and its optimiser state."""
+def create_train_state(rng, model, tx, image_size=None, init_variables=None, meta=None):
+    """Initialise (or take `init_variables` for) the classifier and its optimiser state.
+
+    model: a `contract.Classifier` or a bare module (then image_size, an int side, (H, W) or
+    (H, W, C), gives its input shape). A model without BatchNorm gets batch_stats = {}.
+    """
+    clf = contract.as_classifier(model, image_size)
     if init_variables is None:
-        init_variables = model.init(rng, jnp.zeros((1, image_size, image_size, 3)), train=False)
-    params = init_variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=init_variables["batch_stats"], opt_state=tx.init(params),
-                      meta=meta if meta is not None else {})
+        init_variables = clf.init(rng)
+    params, batch_stats = contract.split_variables(init_variables)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params), meta=meta if meta is not None else {})
 
 
 def classifier_forward(model, params, batch_stats, images, train):
-    """(logits, features, new_batch_stats) of the classifier; stats unchanged in eval."""
-    variables = {"params": params, "batch_stats": batch_stats}
-    if train:
-        (logits, feats), upd = model.apply(variables, images, train=True, mutable=["batch_stats"])
-        return logits, feats, upd["batch_stats"]
-    logits, feats = model.apply(variables, images, train=False)
-    return logits, feats, batch_stats
+    """(logits (N, K), features (N, D), new_batch_stats) of the classifier on normalised
+    images (N, H, W, C); stats unchanged in eval (and {} without BatchNorm)."""
+    return contract.as_classifier(model).forward(params, batch_stats, images, train)
 
 
 def apply_classifier_update(state, tx, grads, batch_stats, meta=None):
@@ -76,7 +76,10 @@ def apply_classifier_update(state, tx, grads, batch_stats, meta=None):
 
 
 def train_step(state, batch, rng, *, model, tx, learning_rate_fn):
-    """Base method: one SGD step on CE(real batch). Returns (state, metrics)."""
+    """Base method: one SGD step on CE(real batch). Returns (state, metrics).
+
+    batch: {"image": (N, H, W, C) normalised, "label": (N,) int}.
+    """
     del rng  # the base step draws nothing.
 
     def loss_fn(params):
@@ -91,7 +94,11 @@ def train_step(state, batch, rng, *, model, tx, learning_rate_fn):
 
 
 def eval_step(state, batch, *, model):
-    """Summed (correct, loss, count) over the real samples of a padded eval batch."""
+    """Summed (correct, loss, count) over the real samples of a padded eval batch.
+
+    batch: {"image": (N, H, W, C) normalised, "label": (N,) int, "mask": (N,) 1 for real
+    samples, 0 for padding}.
+    """
     logits, _, _ = classifier_forward(model, state.params, state.batch_stats, batch["image"],
                                       False)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32))

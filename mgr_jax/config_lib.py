@@ -1,12 +1,30 @@
-"""Config checks: each bad value is one UserError line saying what is wrong and how to fix it."""
-import json
+"""Config checks: each bad value is one UserError line saying what is wrong and how to fix it.
 
+`validate(config)` checks every field before anything is written: that it is a known field
+(`SCHEMA`, the fields of configs/default.py), its type, its range or choices, the paths it
+names, and `generator.kwargs` against the generator kind's loader signature. It needs no
+device and no data, so the command line, `train` and `methods.build` all call it.
+`check_memory(config, devices)` adds what the batch sizes imply for memory, a lower bound
+that is known once the devices are.
+"""
+import difflib
+import json
+import math
+import os
+from typing import Callable, NamedTuple, Optional
+
+from mgr_jax import generators, pretrained
+from mgr_jax.data import datasets
 from mgr_jax.errors import UserError
 from mgr_jax.hypergrad import HYPERGRADIENTS
+from mgr_jax.models import resnet
 
 METHODS = ("base", "gda", "gda_mh", "gda_ssl", "gda_mps", "pcr", "mgr")
+MPS_METHODS = ("gda_mps", "mgr")
 AUGMENTS = ("none", "randaugment", "trivialaugment", "augmix")
 DTYPES = ("float32", "bfloat16")
+FINDER_ARCHS = ("residual", "residual_shallow", "linear", "mlp")
+DEFAULTS = "configs/default.py"
 
 
 def to_dict(config):
@@ -14,49 +32,364 @@ def to_dict(config):
     return json.loads(config.to_json())
 
 
+# ------------------------------------------------------------------------------ the schema
+
+
+class Field(NamedTuple):
+    """One config field: its type ("int", "float", "bool", "str", "ints", "dict") and a check
+    `value -> problem or None` (the problem completes "name=value ...")."""
+    kind: str
+    check: Optional[Callable] = None
+
+
+def _range(lo=None, hi=None, lo_open=False, hi_open=False):
+    """A check that the value is in the interval (None: unbounded on that side)."""
+    def check(v):
+        low_bad = lo is not None and (v <= lo if lo_open else v < lo)
+        high_bad = hi is not None and (v >= hi if hi_open else v > hi)
+        if not (low_bad or high_bad):
+            return None
+        if hi is None:
+            return f"must be {'>' if lo_open else '>='} {lo}"
+        if lo is None:
+            return f"must be {'<' if hi_open else '<='} {hi}"
+        return f"must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    return check
+
+
+def _one_of(choices):
+    return lambda v: None if v in choices else f"is not valid; choose one of {list(choices)}"
+
+
+def _arch_choice(v):
+    return _one_of(sorted(resnet.ARCHS))(v)
+
+
+def _dataset_choice(v):
+    names = ("digits",) + datasets.NAMES
+    return None if v in names else f"is not a known dataset; choose one of {list(names)}"
+
+
+def _milestones(v):
+    if any(m < 1 for m in v) or list(v) != sorted(set(v)):
+        return "must be increasing epochs (>= 1)"
+    return None
+
+
+POSITIVE_INT = Field("int", _range(1))
+NON_NEGATIVE_INT = Field("int", _range(0))
+SEED = Field("int", _range(0, 2 ** 32 - 1))
+FRACTION_OPEN = Field("float", _range(0, 1, lo_open=True, hi_open=True))
+POSITIVE = Field("float", _range(0, lo_open=True))
+NON_NEGATIVE = Field("float", _range(0))
+
+SCHEMA = {
+    "method": Field("str", _one_of(METHODS)),
+    "seed": SEED,
+    "num_epochs": POSITIVE_INT,
+    "batch_size": POSITIVE_INT,
+    "synthetic_batch_size": POSITIVE_INT,
+    "eval_batch_size": POSITIVE_INT,
+    "optimizer": {
+        "lr": POSITIVE,
+        "momentum": Field("float", _range(0, 1, hi_open=True)),
+        "nesterov": Field("bool"),
+        "weight_decay": NON_NEGATIVE,
+        "lr_milestones": Field("ints", _milestones),
+        "lr_decay": POSITIVE,
+    },
+    "data": {
+        "name": Field("str", _dataset_choice),
+        "manual_dir": Field("str"),
+        "image_size": Field("int", _range(8)),
+        "subset_fraction": Field("float", _range(0, 1, lo_open=True)),
+        "val_fraction": FRACTION_OPEN,
+        "test_fraction": FRACTION_OPEN,
+        "split_seed": SEED,
+        "augment": Field("str", _one_of(AUGMENTS)),
+        "prepared_dir": Field("str"),
+        "num_workers": NON_NEGATIVE_INT,
+        "num_threads": NON_NEGATIVE_INT,
+        "prefetch_batches": POSITIVE_INT,
+        "eval_crop_fraction": Field("float", _range(0, 1, lo_open=True)),
+    },
+    "model": {
+        "arch": Field("str", _arch_choice),
+        "width": Field("float", _range(0, 16, lo_open=True)),
+        "cifar_stem": Field("bool"),
+        "init_checkpoint": Field("str"),
+        "dtype": Field("str", _one_of(DTYPES)),
+    },
+    "lambda_": NON_NEGATIVE,
+    "generator": {
+        "kind": Field("str"),
+        "checkpoint": Field("str"),
+        "seed": SEED,
+        "latent_dim": POSITIVE_INT,
+        "resolution": Field("int", _range(1, 4096)),
+        "kwargs": Field("dict"),
+    },
+    "augment": {
+        "num_ops": Field("int", _range(0, 16)),
+        "max_magnitude": NON_NEGATIVE,
+    },
+    "uda": {
+        "temperature": POSITIVE,
+        "threshold": Field("float", _range(0, 1)),
+    },
+    "finder": {
+        "arch": Field("str", _one_of(FINDER_ARCHS)),
+        "hidden_dim": NON_NEGATIVE_INT,
+    },
+    "mps": {
+        "hypergradient": Field("str", _one_of(HYPERGRADIENTS)),
+        "fd_eps": POSITIVE,
+        "finder_lr": POSITIVE,
+        "kl_weight": NON_NEGATIVE,
+        "meta_target": Field("str", _one_of(("finder", "generator"))),
+        "finder_update": Field("str", _one_of(("meta", "max_ce", "max_pcr"))),
+        "log_hypergrad_cosine": Field("bool"),
+    },
+    "distributed": {
+        "enabled": Field("bool"),
+        "coordinator_address": Field("str"),
+        "num_processes": POSITIVE_INT,
+        "process_id": NON_NEGATIVE_INT,
+    },
+    "log_every_steps": POSITIVE_INT,
+    "keep_best_checkpoint": Field("bool"),
+}
+
+
+def _sections_needed(method):
+    """The sections a method reads: the others may be absent from a library user's config."""
+    needed = {"optimizer", "data", "model"}
+    if method != "base":
+        needed |= {"generator", "augment", "uda"}
+    if method in MPS_METHODS:
+        needed |= {"finder", "mps"}
+    return needed
+
+
+# ------------------------------------------------------------------------------- checking
+
+
 def _require(ok, message):
     if not ok:
         raise UserError(message)
 
 
-def _choice(value, name, choices):
-    _require(value in choices, f"{name}={value!r} is not valid; choose one of {list(choices)}")
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def validate(config):
-    """Raise UserError for the first bad value found in `config`."""
-    _choice(config.method, "method", METHODS)
-    _require(config.num_epochs >= 1, f"num_epochs={config.num_epochs} must be at least 1")
-    for name in ("batch_size", "eval_batch_size", "synthetic_batch_size", "log_every_steps"):
-        value = config.get(name)
-        _require(value is None or value >= 1, f"{name}={value} must be a positive integer")
-    opt = config.optimizer
-    _require(opt.lr > 0, f"optimizer.lr={opt.lr} must be positive")
-    _require(0 <= opt.momentum < 1, f"optimizer.momentum={opt.momentum} must be in [0, 1)")
-    _require(list(opt.lr_milestones) == sorted(opt.lr_milestones),
-             f"optimizer.lr_milestones={tuple(opt.lr_milestones)} must be increasing epochs")
-    data = config.data
-    _require(0 < data.subset_fraction <= 1,
-             f"data.subset_fraction={data.subset_fraction} must be in (0, 1] (1.0 = all of D)")
-    _require(0 < data.val_fraction < 1, f"data.val_fraction={data.val_fraction} must be in (0, 1)")
-    _require(data.image_size >= 8, f"data.image_size={data.image_size} must be at least 8")
-    _choice(data.augment, "data.augment", AUGMENTS)
-    _choice(config.model.dtype, "model.dtype", DTYPES)
-    _require(config.model.width > 0, f"model.width={config.model.width} must be positive")
-    _require(config.lambda_ >= 0, f"lambda_={config.lambda_} must be non-negative")
-    if "finder" in config:
-        _choice(config.finder.arch, "finder.arch", ("residual", "residual_shallow", "linear",
-                                                    "mlp"))
-    if "mps" in config:
-        _choice(config.mps.meta_target, "mps.meta_target", ("finder", "generator"))
-        _choice(config.mps.finder_update, "mps.finder_update", ("meta", "max_ce", "max_pcr"))
-        _choice(config.mps.hypergradient, "mps.hypergradient", HYPERGRADIENTS)
-        _require(config.mps.fd_eps > 0, f"mps.fd_eps={config.mps.fd_eps} must be positive")
-    if config.method != "base" and "generator" in config:
-        _require(bool(config.generator.kind),
-                 f"method={config.method} needs a generator: set generator.kind and "
-                 "generator.checkpoint (see README, 'Generators')")
-        kwargs = config.generator.get("kwargs") or {}
-        _require(not kwargs or config.generator.kind != "random",
-                 f"generator.kwargs={dict(kwargs)!r} is for loading a checkpoint; the random "
-                 "kind takes generator.seed / latent_dim / resolution instead")
+def _type_problem(kind, v):
+    """Why `v` is not of the field's kind, or None."""
+    if kind == "int":
+        ok, want = _is_int(v), "an integer"
+    elif kind == "float":
+        ok, want = (_is_int(v) or isinstance(v, float)) and math.isfinite(v), "a finite number"
+    elif kind == "bool":
+        ok, want = isinstance(v, bool), "True or False"
+    elif kind == "str":
+        ok, want = isinstance(v, str), "a string"
+    elif kind == "ints":
+        ok, want = isinstance(v, (list, tuple)) and all(map(_is_int, v)), "a tuple of integers"
+    else:
+        ok, want = isinstance(v, dict), "a dict (JSON object)"
+    return None if ok else f"must be {want}"
+
+
+def _show(name, value):
+    return f"{name}={tuple(value) if isinstance(value, list) else value!r}"
+
+
+def _check_field(name, field, value):
+    problem = _type_problem(field.kind, value)
+    if problem is None and field.check is not None:
+        problem = field.check(value)
+    _require(problem is None, f"{_show(name, value)} {problem}")
+
+
+def _unknown_field(name, known):
+    close = difflib.get_close_matches(name.rpartition(".")[2], known, n=1)
+    hint = f"did you mean {name.rpartition('.')[0] + '.' if '.' in name else ''}{close[0]}? " \
+        if close else ""
+    return UserError(f"config field {name} is not known ({hint}the fields are those of "
+                     f"{DEFAULTS})")
+
+
+def _check_section(values, schema, prefix, required):
+    """Walk one level: unknown keys, missing keys (those in `required`), each value."""
+    unknown = sorted(set(values) - set(schema))
+    if unknown:
+        raise _unknown_field(f"{prefix}{unknown[0]}", sorted(schema))
+    for key, spec in schema.items():
+        name = f"{prefix}{key}"
+        if key not in values:
+            _require(key not in required, f"config has no field {name}; add it as in {DEFAULTS}")
+            continue
+        if isinstance(spec, dict):
+            _require(isinstance(values[key], dict),
+                     f"config field {name} must be a section (a ConfigDict) as in {DEFAULTS}")
+            _check_section(values[key], spec, f"{name}.", set(spec))
+        else:
+            _check_field(name, spec, values[key])
+
+
+def _required_top_level(method):
+    optional = {"generator", "augment", "uda", "finder", "mps", "distributed"}
+    sections = _sections_needed(method)
+    return {k for k in SCHEMA if k not in optional or k in sections}
+
+
+def _check_paths(config):
+    """Paths named by the config that must exist (data paths are the dataset loaders')."""
+    path = config.model.init_checkpoint
+    if path:
+        pretrained.check_init_checkpoint_path(path)
+
+
+def _check_generator(config, paths=True):
+    if config.method == "base" or "generator" not in config:
+        return
+    gen = config.generator
+    _require(bool(gen.kind),
+             f"method={config.method} needs a generator: set generator.kind and "
+             "generator.checkpoint (see README, 'Generators')")
+    kwargs = gen.get("kwargs") or {}
+    _require(not kwargs or gen.kind != "random",
+             f"generator.kwargs={dict(kwargs)!r} is for loading a checkpoint; the random "
+             "kind takes generator.seed / latent_dim / resolution instead")
+    if gen.kind == "random":
+        return
+    _require(gen.kind in generators.KINDS,
+             f"generator.kind={gen.kind!r} is not known; choose one of "
+             f"{['random'] + sorted(generators.KINDS)}")
+    _require(not paths or bool(gen.checkpoint) and os.path.exists(gen.checkpoint),
+             f"generator.checkpoint={gen.checkpoint!r} does not exist; point it at a converted "
+             f"directory (python -m converters.{gen.kind} IN OUT) or the original file")
+    generators.check_kwargs(gen)
+
+
+def validate(config, paths=True):
+    """Raise UserError for the first bad field of `config` (see the module docstring).
+
+    `paths=False` skips the checks that the files a config names exist (model.init_checkpoint,
+    generator.checkpoint): for library users who pass the weights or the generator in
+    themselves, as `methods.build(..., generator=G)` allows.
+    """
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    method = values.get("method")
+    _check_field("method", SCHEMA["method"], method)
+    _check_section(values, SCHEMA, "", _required_top_level(method))
+    dist = values.get("distributed")
+    if dist:
+        _require(dist["process_id"] < dist["num_processes"],
+                 f"distributed.process_id={dist['process_id']} must be below "
+                 f"distributed.num_processes={dist['num_processes']}")
+    if paths:
+        _check_paths(config)
+    _check_generator(config, paths)
+
+
+# ------------------------------------------------------------------------------- memory
+
+
+def _conv_out(size, kernel, stride, pad):
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def activation_elements(arch, width, cifar_stem, size):
+    """Elements per image of the convolution outputs that a training step keeps for its
+    backward pass (BatchNorm and ReLU outputs, workspace and parameters not counted: a lower
+    bound of what one image costs)."""
+    block, stages = resnet.ARCHS[arch].keywords["block"], resnet.ARCHS[arch].keywords[
+        "stage_sizes"]
+    base = max(1, int(round(64 * width)))
+    s = size if cifar_stem else _conv_out(size, 7, 2, 3)
+    total = base * s * s
+    if not cifar_stem:
+        s = _conv_out(s, 3, 2, 1)
+    for i, blocks in enumerate(stages):
+        c = base * 2 ** i
+        for j in range(blocks):
+            s = _conv_out(s, 3, 2 if i > 0 and j == 0 else 1, 1)
+            per_block = 2 * c if block.expansion == 1 else 6 * c
+            total += per_block * s * s
+    return total
+
+
+def step_memory_bytes(config):
+    """A lower bound of the bytes one training step holds (see `activation_elements`)."""
+    size = config.data.image_size
+    per_image = activation_elements(config.model.arch, config.model.width,
+                                    config.model.cifar_stem, size)
+    per_image *= 2 if config.model.dtype == "bfloat16" else 4
+    per_image += size * size * 3 * 4  # the normalised input itself
+    images = config.batch_size
+    if config.method != "base":
+        images += config.synthetic_batch_size
+    if config.method in MPS_METHODS:
+        images += config.batch_size  # the D_val batch of the meta step
+    return images * per_image
+
+
+def host_memory_bytes():
+    """Physical memory, or the cgroup's limit when lower; None when unknown."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = None
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                limit = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        total = limit if total is None else min(total, limit)
+    return total
+
+
+def _device_memory(device):
+    """(bytes one device can hold, what that is) or (None, "")."""
+    if device.platform == "cpu":
+        return host_memory_bytes(), "memory of this machine"
+    try:
+        limit = (device.memory_stats() or {}).get("bytes_limit")
+    except Exception:  # noqa: BLE001 (backends without memory statistics)
+        limit = None
+    return limit, f"memory of one {device.platform.upper()} ({device.device_kind})"
+
+
+def _gb(n):
+    return f"{n / 2 ** 30:.1f} GiB"
+
+
+def check_memory(config, devices):
+    """UserError when the batch sizes certainly exceed the devices' memory.
+
+    The bound is a lower one (`step_memory_bytes`), split evenly over the devices (data
+    parallelism), so only batch sizes that cannot fit are refused.
+    """
+    if not devices:
+        return
+    available, what = _device_memory(devices[0])
+    if not available:
+        return
+    if devices[0].platform == "cpu":
+        share = sum(d.process_index == devices[0].process_index for d in devices) / len(devices)
+    else:
+        share = 1.0 / len(devices)
+    need = step_memory_bytes(config) * share
+    _require(need <= available,
+             f"batch_size={config.batch_size} (synthetic_batch_size="
+             f"{config.synthetic_batch_size}) needs at least {_gb(need)} for one training step "
+             f"of {config.model.arch} at {config.data.image_size}x{config.data.image_size} "
+             f"(activations kept for the backward pass), more than the {_gb(available)} "
+             f"{what}; lower batch_size (or data.image_size, model.width)")
+    size = config.data.image_size
+    eval_need = config.eval_batch_size * size * size * 3 * (4 + 4) * share
+    _require(eval_need <= available,
+             f"eval_batch_size={config.eval_batch_size} needs at least {_gb(eval_need)} for one "
+             f"evaluation batch, more than the {_gb(available)} {what}; lower eval_batch_size")

@@ -2,8 +2,14 @@
 
 For theta' = theta - eta * grad_theta inner(theta, phi), the hypergradient is
     d outer(theta') / d phi = -eta * (d^2 inner / d phi d theta) v,   v = grad outer(theta').
+
+The functions here take the losses as Python functions, so they are not jitted themselves:
+jit a closure over them, e.g.
+    jax.jit(lambda th, ph, lr: meta_gradient(inner, outer, th, ph, lr))(theta, phi, 0.1)
+`method` must be a Python string (it picks the program); inner_lr and fd_eps may be traced.
 """
 import jax
+import jax.numpy as jnp
 import optax
 
 HYPERGRADIENTS = ("exact", "finite_difference")
@@ -14,6 +20,21 @@ def _axpy(a, x, y):
     return jax.tree.map(lambda xi, yi: a * xi + yi, x, y)
 
 
+def _at_least_float32(tree):
+    """Floating leaves narrower than float32 (bfloat16, float16) as float32; others as is."""
+    def up(x):
+        x = jnp.asarray(x)
+        if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize < 4:
+            return x.astype(jnp.float32)
+        return x
+    return jax.tree.map(up, tree)
+
+
+def _like(tree, reference):
+    """tree's leaves cast to the dtypes of reference's leaves (same structure)."""
+    return jax.tree.map(lambda x, r: x.astype(jnp.result_type(r)), tree, reference)
+
+
 def virtual_step(inner_loss, theta, phi, inner_lr):
     """theta' = theta - inner_lr * grad_theta inner_loss(theta, phi) (plain SGD, Eq. 7)."""
     return _axpy(-inner_lr, jax.grad(inner_loss)(theta, phi), theta)
@@ -22,27 +43,48 @@ def virtual_step(inner_loss, theta, phi, inner_lr):
 def meta_gradient(inner_loss, outer_loss, theta, phi, inner_lr, method="exact", fd_eps=0.01):
     """grad_phi of outer_loss(theta - inner_lr * grad_theta inner_loss(theta, phi)).
 
-    inner_loss(theta, phi) -> scalar, outer_loss(theta) -> scalar; theta, phi pytrees.
-    `exact` differentiates through the virtual step (second-order terms included);
-    `finite_difference` is DARTS Eq. 9: with v = grad outer(theta') and eps = fd_eps / ||v||,
-    -inner_lr * (grad_phi inner(theta + eps v, phi) - grad_phi inner(theta - eps v, phi)) / 2eps.
-    Returns a pytree shaped like phi.
+    inner_loss(theta, phi) -> scalar, outer_loss(theta) -> scalar, both jax-traceable; theta,
+    phi pytrees of floating arrays (any shapes); inner_lr a scalar (Python or traced).
+    `exact` differentiates through the virtual step (second-order terms included), in the
+    dtypes of theta and phi; `finite_difference` is DARTS Eq. 9: with v = grad outer(theta')
+    and eps = fd_eps / ||v||,
+        -inner_lr * (grad_phi inner(theta + eps v, phi) - grad_phi inner(theta - eps v, phi))
+        / (2 eps),
+    with theta +- eps v and the two phi-gradients evaluated in at least float32 (in bfloat16
+    the perturbation would be rounded away). Returns a pytree shaped like phi, in phi's dtypes.
     """
+    _check_method(method, fd_eps)
     if method == "exact":
         return jax.grad(lambda p: outer_loss(virtual_step(inner_loss, theta, p, inner_lr)))(phi)
-    if method == "finite_difference":
-        v = jax.grad(outer_loss)(virtual_step(inner_loss, theta, phi, inner_lr))
-        return finite_difference_hypergradient(inner_loss, theta, phi, v, inner_lr, fd_eps)
-    raise ValueError(f"method={method!r}; choose one of {HYPERGRADIENTS}")
+    v = jax.grad(outer_loss)(virtual_step(inner_loss, theta, phi, inner_lr))
+    return finite_difference_hypergradient(inner_loss, theta, phi, v, inner_lr, fd_eps)
+
+
+def _check_method(method, fd_eps=None):
+    if not isinstance(method, str) or method not in HYPERGRADIENTS:
+        raise ValueError(f"method={method!r}; choose one of {HYPERGRADIENTS}")
+    _check_fd_eps(fd_eps)
+
+
+def _check_fd_eps(fd_eps):
+    if isinstance(fd_eps, (int, float)) and not fd_eps > 0:
+        raise ValueError(f"fd_eps={fd_eps!r} must be positive")
 
 
 def finite_difference_hypergradient(inner_loss, theta, phi, v, inner_lr, fd_eps=0.01):
-    """DARTS Eq. 9: -inner_lr * central difference of grad_phi inner along v."""
-    eps = fd_eps / (optax.tree_utils.tree_norm(v) + 1e-12)
+    """DARTS Eq. 9: -inner_lr * central difference of grad_phi inner along v (pytree like theta).
+
+    theta, phi and v are promoted to at least float32 for the two evaluations; the result
+    has phi's structure and dtypes. Float32 inputs are used as they are.
+    """
+    _check_fd_eps(fd_eps)
+    theta32, phi32, v32 = _at_least_float32(theta), _at_least_float32(phi), _at_least_float32(v)
+    eps = fd_eps / (optax.tree_utils.tree_norm(v32) + 1e-12)
     grad_phi = jax.grad(inner_loss, argnums=1)
-    g_plus = grad_phi(_axpy(eps, v, theta), phi)
-    g_minus = grad_phi(_axpy(-eps, v, theta), phi)
-    return jax.tree.map(lambda a, b: -inner_lr * (a - b) / (2 * eps), g_plus, g_minus)
+    g_plus = grad_phi(_axpy(eps, v32, theta32), phi32)
+    g_minus = grad_phi(_axpy(-eps, v32, theta32), phi32)
+    out = jax.tree.map(lambda a, b: -inner_lr * (a - b) / (2 * eps), g_plus, g_minus)
+    return _like(out, phi)
 
 
 def mixed_hypergradient(inner_loss, theta, phi, v, inner_lr):
@@ -50,7 +92,7 @@ def mixed_hypergradient(inner_loss, theta, phi, v, inner_lr):
 
     Equal to `meta_gradient(..., "exact")` when v = grad outer(theta') (tested), but it never
     differentiates the parts of inner_loss that do not depend on phi twice: jax.jvp gives the
-    directional derivative along v, jax.grad its phi-gradient.
+    directional derivative along v, jax.grad its phi-gradient. v: a pytree like theta.
     """
     def directional(p):
         return jax.jvp(lambda t: inner_loss(t, p), (theta,), (v,))[1]

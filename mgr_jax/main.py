@@ -3,44 +3,127 @@
     python -m mgr_jax.main --config=configs/default.py --workdir=runs/default \
         [--config.method=pcr] [--config.seed=1]
 
-This file is kept short: the work is in `mgr_jax.train`, importable and testable.
+This file is kept short: the work is in `mgr_jax.train`, importable and testable. Every bad
+input (a flag, a config field, the workdir, data, weights) is one line on stderr and exit
+status 2; a diverged run is one line and status 3.
 """
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mgr_jax import compile_cache, sharding, train
+from mgr_jax import compile_cache, config_lib, sharding, train
 from mgr_jax.errors import TrainingDiverged, UserError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path of a get_config() file.",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Run directory (created; re-using it resumes the run).")
-flags.DEFINE_integer("max_epochs_this_run", None, "Pause (resumably) after this many epochs.")
-flags.DEFINE_string("compilation_cache", None,
-                    f"Folder of JAX's persistent compilation cache ('off' turns it off; default "
-                    f"${compile_cache.ENV_VAR} or {compile_cache.DEFAULT_DIR}).")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
-    compile_cache.enable(FLAGS.compilation_cache)
+def define_flags(fv=FLAGS, sys_argv=None):
+    """The command's flags on `fv` (`sys_argv`: where --config.x=... overrides are read)."""
+    config_flags.DEFINE_config_file("config", None, "Path of a get_config() file.",
+                                    flag_values=fv, lock_config=True, sys_argv=sys_argv)
+    flags.DEFINE_string("workdir", None, "Run directory (created; re-using it resumes the run).",
+                        flag_values=fv)
+    flags.DEFINE_integer("max_epochs_this_run", None, "Pause (resumably) after this many epochs.",
+                         flag_values=fv)
+    flags.DEFINE_string("compilation_cache", None,
+                        f"Folder of JAX's persistent compilation cache ('off' turns it off; "
+                        f"default ${compile_cache.ENV_VAR} or {compile_cache.DEFAULT_DIR}).",
+                        flag_values=fv)
+    flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
+
+
+def _one_line(e):
+    """An exception's message on one line (an embedded traceback: its head and last line)."""
+    text = str(e)
+    if "Traceback (most recent call last)" in text:
+        head = text.split("Traceback (most recent call last)")[0]
+        tail = [ln for ln in text.splitlines() if ln.strip()][-1]
+        text = f"{head} {tail}"
+    return " ".join(text.split())
+
+
+def _missing_key(e):
+    """The field name of ml_collections' KeyError / AttributeError (first quoted word)."""
+    while e.args and isinstance(e.args[0], BaseException):
+        e = e.args[0]
+    text = str(e.args[0]) if e.args else str(e)
+    return text.splitlines()[0].strip().strip("\"'")
+
+
+def _override_of(argv, key):
+    """The --config.* argument that names `key`, for the message."""
+    for arg in argv[1:]:
+        name = arg.lstrip("-").partition("=")[0]
+        if name.startswith("config.") and key in name.split(".")[1:]:
+            return arg
+    return None
+
+
+def _config_file_error(e):
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    why = lines[-1] if lines else type(e).__name__
+    return UserError(f"--config could not be loaded ({why}); give a Python file defining "
+                     f"get_config(), e.g. {config_lib.DEFAULTS}")
+
+
+def parse(argv, fv=FLAGS):
+    """Parse `argv` into `fv` and load the config; UserError (one line) for any problem."""
     try:
-        sharding.maybe_initialize_distributed(FLAGS.config)
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.max_epochs_this_run)
+        rest = fv(argv)
+    except (KeyError, AttributeError) as e:  # an override naming no field of the config
+        key = _missing_key(e)
+        arg = _override_of(argv, key) or "a --config.* override"
+        raise UserError(f"{arg}: the config has no field {key!r} (a misspelt name? the fields "
+                        f"are documented in {config_lib.DEFAULTS})") from None
+    except flags.Error as e:
+        raise UserError(f"{_one_line(e)} (see --helpfull)") from None
+    except (OSError, ValueError, TypeError, SyntaxError, ImportError) as e:
+        raise _config_file_error(e) from None
+    try:
+        config_lib.to_dict(fv.config)  # a config file that failed to load raises here
+    except Exception as e:  # noqa: BLE001 (whatever the config file itself raised)
+        raise _config_file_error(e) from None
+    if len(rest) > 1:
+        raise UserError(f"unexpected arguments: {rest[1:]}; flags are --name=value")
+    return rest
+
+
+def _parse_or_exit(argv):
+    """app.run's flags parser: one line and exit status 2 instead of tracebacks."""
+    try:
+        return parse(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except TrainingDiverged as e:
-        print(f"error: the loss became NaN/inf at step {e.args[0]}; stopped. The last good "
-              f"checkpoint is in {FLAGS.workdir}/checkpoints/latest (lower optimizer.lr or "
-              "lambda and resume with a new workdir)", file=sys.stderr)
-        sys.exit(3)
 
+
+def run(fv=FLAGS):
+    """Train per parsed flags; returns the exit status."""
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
+    try:
+        config_lib.validate(fv.config)  # before anything, jax.distributed included
+        compile_cache.enable(fv.compilation_cache)
+        sharding.maybe_initialize_distributed(fv.config)
+        train.train_and_evaluate(fv.config, fv.workdir, fv.max_epochs_this_run)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        left = e.args[1] if len(e.args) > 1 else "see the workdir's checkpoints"
+        print(f"error: the loss became NaN/inf at step {e.args[0]}; stopped. {left[0].upper()}"
+              f"{left[1:]} (lower optimizer.lr or lambda_ and start again with a new "
+              "--workdir)", file=sys.stderr)
+        return 3
+    return 0
+
+
+def main(argv):
+    del argv  # parsed by _parse_or_exit
+    sys.exit(run())
+
+
+define_flags()
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_or_exit)

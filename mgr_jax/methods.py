@@ -1,12 +1,27 @@
 """The seven methods as train steps `train_step(state, batch, rng, frozen) -> (state, metrics)`.
 
+Built two ways, the same steps:
+  - `build_method(name, model=..., tx=..., learning_rate_fn=..., num_classes=...,
+    generator=..., synthetic=SyntheticSettings(...), mps=MPSSettings(...))` from explicit
+    arguments, with any classifier that follows `mgr_jax.contract` (the library way);
+  - `build(config, model=..., ...)` from a configs/default.py config: a thin layer that reads
+    the settings from the config and calls `build_method` (what `train.setup` does).
+Bad names and settings raise `SettingError` (a ValueError) when the method is built.
+
+The step takes a TrainState (`classifier.create_train_state(..., meta=method.init_meta(key))`),
+a batch {"image": (N, H, W, C) normalised by the classifier's `normalize`, "label": (N,) int}
+(plus "val_image", "val_label", a D_val batch, when `method.needs_val`), a PRNG key (the
+step folds in state.step, so the same key can be passed every step) and `method.frozen`.
 `frozen` holds parameters the step reads but never changes (the generator's, unless the
 generator itself is meta-optimised); passing them as an argument keeps them out of the
-compiled program's constants. Algorithm 1 (MPS) is `mps_step`; the uniform-sampling methods
-share `uniform_step`.
+compiled program's constants. Jit it as `jax.jit(method.train_step)`, optionally with
+`donate_argnums=(0,)`. Algorithm 1 (MPS) is `mps_step`; the uniform-sampling methods share
+`uniform_step`.
 """
 import dataclasses
 import functools
+import numbers
+import warnings
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -14,7 +29,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mgr_jax import classifier, hypergrad, losses, synthetic
+from mgr_jax import classifier, config_lib, contract, hypergrad, losses
+from mgr_jax import synthetic as synthetic_lib
+from mgr_jax.errors import UserError
+from mgr_jax.finder import ARCHS as FINDER_ARCHS
 from mgr_jax.finder import Finder
 from mgr_jax.generators import load_generator
 
@@ -22,6 +40,82 @@ from mgr_jax.generators import load_generator
 SYNTHETIC = {"gda": ("gda", "uniform"), "gda_mh": ("gda_mh", "uniform"),
              "gda_ssl": ("gda_ssl", "uniform"), "pcr": ("pcr", "uniform"),
              "gda_mps": ("gda", "mps"), "mgr": ("pcr", "mps")}
+METHODS = ("base", "gda", "gda_mh", "gda_ssl", "gda_mps", "pcr", "mgr")
+META_TARGETS = ("finder", "generator")
+FINDER_UPDATES = ("meta", "max_ce", "max_pcr")
+
+
+class SettingError(UserError, ValueError):
+    """A method name or setting that `build_method` / `build` cannot run."""
+
+
+def _require(ok, message):
+    if not ok:
+        raise SettingError(message)
+
+
+def _choice(name, value, choices):
+    _require(isinstance(value, str) and value in choices,
+             f"{name}={value!r} is not valid; choose one of {list(choices)}")
+
+
+def _number(name, value, low, *, strict=False, integer=False, high=None):
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, bool) and (
+        value > low if strict else value >= low) and (high is None or value <= high)
+    bound = f"{'>' if strict else '>='} {low}" + ("" if high is None else f" and <= {high}")
+    _require(ok, f"{name}={value!r} must be {'an integer' if integer else 'a number'} {bound}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSettings:
+    """The synthetic-sample loss of every method but base (config: lambda_,
+    synthetic_batch_size, augment.num_ops / max_magnitude, uda.temperature / threshold)."""
+    lambda_: float = 0.1  # the paper's lambda, weight of L_syn
+    batch_size: int = 64  # synthetic samples per step
+    augment_num_ops: int = 2  # RandAugment T: ops per sample ...
+    augment_max_magnitude: float = 1.0  # ... and their largest magnitude (in [0, 1])
+    uda_temperature: float = 0.4  # gda_ssl: sharpening temperature
+    uda_threshold: float = 0.8  # gda_ssl: confidence threshold
+
+    def __post_init__(self):
+        _number("lambda_", self.lambda_, 0)
+        _number("synthetic batch_size", self.batch_size, 1, integer=True)
+        _number("augment_num_ops", self.augment_num_ops, 0, integer=True)
+        _number("augment_max_magnitude", self.augment_max_magnitude, 0, high=1)
+        _number("uda_temperature", self.uda_temperature, 0, strict=True)
+        _number("uda_threshold", self.uda_threshold, 0, high=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class MPSSettings:
+    """Meta-learning of the finder, Algorithm 1 (gda_mps, mgr; config: mps.*, finder.*)."""
+    hypergradient: str = "exact"  # or "finite_difference" (DARTS Eq. 9)
+    fd_eps: float = 0.01  # eps = fd_eps / ||v|| for finite_difference
+    finder_lr: float = 1e-4  # Adam
+    kl_weight: float = 0.01  # lambda_KL of Eq. 11; 0 turns the KL penalty off
+    meta_target: str = "finder"  # or "generator": meta-optimise G's own parameters
+    finder_update: str = "meta"  # or the Table 7 ablations "max_ce" / "max_pcr"
+    log_hypergrad_cosine: bool = False  # also compute the other hypergradient, log the cosine
+    finder_arch: str = "residual"  # finder.ARCHS
+    finder_hidden_dim: int = 0  # 0: the latent size
+
+    def __post_init__(self):
+        _choice("mps.hypergradient", self.hypergradient, hypergrad.HYPERGRADIENTS)
+        _number("mps.fd_eps", self.fd_eps, 0, strict=True)
+        _number("mps.finder_lr", self.finder_lr, 0, strict=True)
+        _number("mps.kl_weight", self.kl_weight, 0)
+        _choice("mps.meta_target", self.meta_target, META_TARGETS)
+        _choice("mps.finder_update", self.finder_update, FINDER_UPDATES)
+        _require(isinstance(self.log_hypergrad_cosine, bool),
+                 f"mps.log_hypergrad_cosine={self.log_hypergrad_cosine!r} must be True or False")
+        _choice("finder.arch", self.finder_arch, FINDER_ARCHS)
+        _number("finder.hidden_dim", self.finder_hidden_dim, 0, integer=True)
+
+    @property
+    def uses_finite_difference(self):
+        return self.finder_update == "meta" and (self.hypergradient == "finite_difference"
+                                                 or self.log_hypergrad_cosine)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +125,8 @@ class Method:
     init_meta: Callable  # rng -> pytree stored in TrainState.meta
     frozen: Any = dataclasses.field(default_factory=dict)
     needs_val: bool = False  # whether batches carry a D_val batch (MPS)
+    classifier: Any = None  # the contract.Classifier the step runs
+    name: str = ""
 
     def with_frozen(self, frozen):
         return dataclasses.replace(self, frozen=frozen)
@@ -43,6 +139,12 @@ def _real_ce(model, state, batch):
                                                     batch["image"], True)
         return losses.cross_entropy(logits, batch["label"]), (logits, stats)
     return fn
+
+
+def _synthesize(ctx, gen_params, w, y):
+    """x_p in [0, 1] at the classifier's (H, W) and channel count."""
+    return synthetic_lib.synthesize(ctx.generator, gen_params, w, y, ctx.input_shape[:2],
+                                    channels=ctx.input_shape[2])
 
 
 def _accuracy(logits, labels):
@@ -59,10 +161,9 @@ def base_step(state, batch, rng, frozen, *, model, tx, learning_rate_fn):
 def uniform_step(state, batch, rng, frozen, *, ctx):
     """GDA, GDA multi-head, GDA+SSL, PCR: CE(real) + lambda * L_syn(x_p), z ~ N(0, I)."""
     k_lat, k_aug = jax.random.split(rng)
-    z, y = ctx.split_batch(synthetic.draw_latents(k_lat, ctx.generator, ctx.syn_batch,
-                                                  ctx.num_classes))
-    x01 = jax.lax.stop_gradient(synthetic.synthesize(ctx.generator, frozen["generator"], z, y,
-                                                     ctx.image_size))
+    z, y = ctx.split_batch(synthetic_lib.draw_latents(k_lat, ctx.generator, ctx.syn_batch,
+                                                      ctx.num_classes))
+    x01 = jax.lax.stop_gradient(_synthesize(ctx, frozen["generator"], z, y))
     aux = state.meta.get("aux_head")
 
     def loss_fn(params, aux_params):
@@ -88,7 +189,8 @@ def mps_step(state, batch, rng, frozen, *, ctx):
     1. theta' = theta - eta * grad[CE(real) + lambda L_syn(theta, phi)] (plain SGD, current lr;
        BN statistics and optimiser state untouched).
     2. phi <- Adam(grad_phi [CE_val(theta') + kl_weight * KL(F(z))]), the hypergradient exact
-       or finite-difference (`mps.hypergradient`).
+       or finite-difference (`mps.hypergradient`; evaluated in float32 for a classifier that
+       computes in bfloat16, see `_finite_difference_classifier`).
     3. theta takes its real step on the same real batch with x_p regenerated from the new phi.
     CE(real) and its gradient at theta are computed once and reused by steps 1 and 3. phi acts
     on L_syn only through the images x_p = G(F_phi(z)), so x_p is generated once with its
@@ -98,8 +200,8 @@ def mps_step(state, batch, rng, frozen, *, ctx):
     """
     cfg = ctx.mps
     k_lat, k_aug = jax.random.split(rng)
-    z, y = ctx.split_batch(synthetic.draw_latents(k_lat, ctx.generator, ctx.syn_batch,
-                                                  ctx.num_classes))
+    z, y = ctx.split_batch(synthetic_lib.draw_latents(k_lat, ctx.generator, ctx.syn_batch,
+                                                      ctx.num_classes))
     eta = ctx.learning_rate_fn(state.step)
     phi, gen_params = _meta_params(state, frozen, cfg)
 
@@ -108,10 +210,13 @@ def mps_step(state, batch, rng, frozen, *, ctx):
 
     def images(p):
         g = p if cfg.meta_target == "generator" else gen_params
-        return synthetic.synthesize(ctx.generator, g, latents(p), y, ctx.image_size)
+        return _synthesize(ctx, g, latents(p), y)
 
     def l_syn(params, x01):
         return ctx.lam * ctx.syn_loss(params, state.batch_stats, x01, y, k_aug)
+
+    def l_syn_fd(params, x01):  # the same loss, in float32 for a narrower-dtype classifier
+        return ctx.lam * ctx.syn_loss_fd(params, state.batch_stats, x01, y, k_aug)
 
     (ce, (logits, stats)), g_ce = jax.value_and_grad(_real_ce(ctx.model, state, batch),
                                                      has_aux=True)(state.params)
@@ -128,8 +233,8 @@ def mps_step(state, batch, rng, frozen, *, ctx):
         def hypergradient(kind):  # image space: d(meta loss)/d x_p
             if kind == "exact":
                 return exact(v)
-            return hypergrad.finite_difference_hypergradient(l_syn, state.params, x01, v, eta,
-                                                             cfg.fd_eps)
+            return hypergrad.finite_difference_hypergradient(l_syn_fd, state.params, x01, v,
+                                                             eta, cfg.fd_eps)
         hyper_x = hypergradient(cfg.hypergradient)
         metrics["meta_loss"] = val_loss
         if cfg.log_hypergrad_cosine:
@@ -183,7 +288,7 @@ def _val_ce(model, state, batch):
 
 @dataclasses.dataclass(frozen=True)
 class _Context:
-    model: Any
+    model: Any  # the contract.Classifier
     tx: Any
     learning_rate_fn: Callable
     generator: Any
@@ -191,12 +296,13 @@ class _Context:
     lam: float
     syn_batch: int
     num_classes: int
-    image_size: int
+    input_shape: Any  # (H, W, C) of the classifier
     mps: Any = None
     finder: Any = None
     meta_tx: Any = None
     aux_module: Any = None
     finder_loss: Callable = None  # (params, batch_stats, x01, y, key) -> the loss F maximises
+    syn_loss_fd: Callable = None  # syn_loss for the finite-difference hypergradient (float32)
     data_sharding: Any = None
 
     def split_batch(self, arrays):
@@ -206,68 +312,173 @@ class _Context:
         return jax.lax.with_sharding_constraint(arrays, self.data_sharding)
 
 
-def _with_step_key(step_fn):
-    """Give each step its own key: fold the step number into the loop's key (inside jit)."""
+def _with_step_key(step_fn, clf, needs_val):
+    """Give each step its own key: fold the step number into the loop's key (inside jit).
+    The batch is checked against the contract when the step is traced."""
     def wrapped(state, batch, rng, frozen):
+        contract.check_batch(batch, clf, needs_val)
         return step_fn(state, batch, jax.random.fold_in(rng, state.step), frozen)
     return wrapped
 
 
-def build(config, *, model, tx, learning_rate_fn, num_classes, image_size, data_sharding=None,
-          generator=None):
+def settings_from_config(config):
+    """(SyntheticSettings, MPSSettings) of a configs/default.py config; SettingError for a bad
+    value. A section the config lacks takes the settings' defaults."""
+    syn, mps = SyntheticSettings(), MPSSettings()
+    aug, uda = config.get("augment"), config.get("uda")
+    syn = SyntheticSettings(
+        lambda_=config.get("lambda_", syn.lambda_),
+        batch_size=config.get("synthetic_batch_size", syn.batch_size),
+        augment_num_ops=aug.num_ops if aug is not None else syn.augment_num_ops,
+        augment_max_magnitude=aug.max_magnitude if aug is not None else syn.augment_max_magnitude,
+        uda_temperature=uda.temperature if uda is not None else syn.uda_temperature,
+        uda_threshold=uda.threshold if uda is not None else syn.uda_threshold)
+    fields = {f.name: getattr(mps, f.name) for f in dataclasses.fields(MPSSettings)}
+    for name in ("hypergradient", "fd_eps", "finder_lr", "kl_weight", "meta_target",
+                 "finder_update", "log_hypergrad_cosine"):
+        if config.get("mps") is not None and name in config.mps:
+            fields[name] = config.mps[name]
+    if config.get("finder") is not None:
+        fields["finder_arch"] = config.finder.get("arch", mps.finder_arch)
+        fields["finder_hidden_dim"] = config.finder.get("hidden_dim", mps.finder_hidden_dim)
+    return syn, MPSSettings(**fields)
+
+
+def build(config, *, model, tx, learning_rate_fn, num_classes, image_size=None,
+          data_sharding=None, generator=None):
     """The Method that `config.method` names, with its generator (loaded from
-    `config.generator` unless a `Generator` is given)."""
-    if config.method == "base":
-        step = functools.partial(base_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn)
-        return Method(_with_step_key(step), init_meta=lambda rng: {})
-    loss_kind, sampling = SYNTHETIC[config.method]
-    if generator is None:
+    `config.generator` unless a `Generator` is given): `build_method` with the settings read
+    from the config. model: a `contract.Classifier` or a bare module (then `image_size`, an
+    int side or (H, W), gives its input size). The config is checked first
+    (`config_lib.validate`, without the file checks: the weights are the caller's)."""
+    config_lib.validate(config, paths=False)
+    _choice("method", config.method, METHODS)
+    syn, mps = settings_from_config(config)
+    clf = contract.as_classifier(model, image_size)
+    if config.method != "base" and generator is None:
         generator = load_generator(config.generator, num_classes)
-    aug = {"num_ops": config.augment.num_ops, "max_magnitude": config.augment.max_magnitude}
-    uda = {"temperature": config.uda.temperature, "threshold": config.uda.threshold}
+    return build_method(config.method, model=clf, tx=tx, learning_rate_fn=learning_rate_fn,
+                        num_classes=num_classes, generator=generator, synthetic=syn, mps=mps,
+                        data_sharding=data_sharding)
 
-    def syn_loss(params, batch_stats, x01, y, key, aux_head=None):
-        return synthetic.synthetic_loss(loss_kind, model, params, batch_stats, x01, y, key,
-                                        aux_head=aux_head, aug_config=aug, uda_config=uda)
 
-    ctx = _Context(model=model, tx=tx, learning_rate_fn=learning_rate_fn, generator=generator,
-                   syn_loss=syn_loss, lam=float(config.lambda_),
-                   syn_batch=config.synthetic_batch_size, num_classes=num_classes,
-                   image_size=image_size, data_sharding=data_sharding)
+def build_method(method, *, model, tx, learning_rate_fn, num_classes, generator=None,
+                 synthetic=None, mps=None, image_size=None, data_sharding=None):
+    """A method's Method from explicit arguments.
+
+    method: one of METHODS. model: a `contract.Classifier` (or a bare module following the
+    contract, with image_size). tx: the classifier's optax optimiser (also the second head's,
+    gda_mh); learning_rate_fn: step -> lr, the eta of MPS's virtual step. generator: a
+    `generators.Generator` (every method but base). synthetic: SyntheticSettings; mps:
+    MPSSettings (gda_mps, mgr). Everything is checked here (SettingError, ContractError);
+    nothing is compiled.
+    """
+    _choice("method", method, METHODS)
+    synthetic = SyntheticSettings() if synthetic is None else synthetic
+    mps = MPSSettings() if mps is None else mps
+    _require(isinstance(synthetic, SyntheticSettings),
+             f"synthetic={synthetic!r} must be a methods.SyntheticSettings")
+    _require(isinstance(mps, MPSSettings), f"mps={mps!r} must be a methods.MPSSettings")
+    _number("num_classes", num_classes, 1, integer=True)
+    _require(callable(learning_rate_fn), "learning_rate_fn must be a function step -> lr")
+    _require(callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None)),
+             f"tx={tx!r} must be an optax GradientTransformation")
+    clf = contract.as_classifier(model, image_size)
+    if clf.input_shape is None:
+        raise contract.ContractError("build_method needs the classifier's input shape: "
+                                     "Classifier(module, input_shape=(H, W, C)) or image_size")
+    logits_shape, features_shape = clf.output_shapes()
+    if logits_shape.shape[-1] != num_classes:
+        raise contract.ContractError(f"the classifier has {logits_shape.shape[-1]} logits and "
+                                     f"num_classes={num_classes}")
+    if method == "base":
+        step = functools.partial(base_step, model=clf, tx=tx, learning_rate_fn=learning_rate_fn)
+        return Method(_with_step_key(step, clf, False), init_meta=lambda rng: {},
+                      classifier=clf, name=method)
+    _check_generator(generator, num_classes)
+    loss_kind, sampling = SYNTHETIC[method]
+    if sampling == "mps" and mps.meta_target == "finder" and mps.kl_weight:
+        _require(synthetic.batch_size >= 2, f"synthetic batch_size={synthetic.batch_size}: "
+                 "the KL penalty needs at least two samples (or mps.kl_weight=0)")
+    aug = {"num_ops": synthetic.augment_num_ops, "max_magnitude": synthetic.augment_max_magnitude}
+    uda = {"temperature": synthetic.uda_temperature, "threshold": synthetic.uda_threshold}
+
+    def loss_of(net):
+        def syn_loss(params, batch_stats, x01, y, key, aux_head=None):
+            return synthetic_lib.synthetic_loss(loss_kind, net, params, batch_stats, x01, y, key,
+                                                aux_head=aux_head, aug_config=aug,
+                                                uda_config=uda)
+        return syn_loss
+
+    ctx = _Context(model=clf, tx=tx, learning_rate_fn=learning_rate_fn, generator=generator,
+                   syn_loss=loss_of(clf), lam=float(synthetic.lambda_),
+                   syn_batch=synthetic.batch_size, num_classes=num_classes,
+                   input_shape=clf.input_shape, data_sharding=data_sharding)
     frozen = {"generator": generator.params}
     if sampling == "uniform":
-        if loss_kind == "gda_mh":
+        if loss_kind == "gda_mh":  # the second head reads g(x): its size from the features.
             ctx = dataclasses.replace(ctx, aux_module=nn.Dense(num_classes))
+            feat_dim = features_shape.shape[-1]
 
             def init_meta(rng):
-                feat_dim = _feature_dim(model, image_size)
                 aux = ctx.aux_module.init(rng, jnp.zeros((1, feat_dim)))
                 return {"aux_head": aux, "aux_opt": tx.init(aux)}
         else:
             init_meta = lambda rng: {}  # noqa: E731
-        return Method(_with_step_key(functools.partial(uniform_step, ctx=ctx)), init_meta,
-                      frozen)
-    cfg = config.mps
-    finder = Finder(arch=config.finder.arch, hidden_dim=config.finder.hidden_dim)
-    ctx = dataclasses.replace(ctx, mps=cfg, finder=finder, meta_tx=optax.adam(cfg.finder_lr))
-    if cfg.finder_update != "meta":  # Table 7: CE (as GDA's) or PCR on x_p, whatever L_syn is.
-        finder_kind = {"max_ce": "gda", "max_pcr": "pcr"}[cfg.finder_update]
+        return Method(_with_step_key(functools.partial(uniform_step, ctx=ctx), clf, False),
+                      init_meta, frozen, classifier=clf, name=method)
+    finder = Finder(arch=mps.finder_arch, hidden_dim=mps.finder_hidden_dim)
+    ctx = dataclasses.replace(ctx, mps=mps, finder=finder, meta_tx=optax.adam(mps.finder_lr),
+                              syn_loss_fd=loss_of(_finite_difference_classifier(
+                                  clf, mps, logits_shape, features_shape)))
+    if mps.finder_update != "meta":  # Table 7: CE (as GDA's) or PCR on x_p, whatever L_syn is.
+        finder_kind = {"max_ce": "gda", "max_pcr": "pcr"}[mps.finder_update]
         ctx = dataclasses.replace(ctx, finder_loss=functools.partial(
-            synthetic.synthetic_loss, finder_kind, model, aug_config=aug, uda_config=uda))
+            synthetic_lib.synthetic_loss, finder_kind, clf, aug_config=aug, uda_config=uda))
 
     def init_meta(rng):
-        if cfg.meta_target == "generator":
+        if mps.meta_target == "generator":
             params = generator.params
         else:
             params = finder.init(rng, jnp.zeros((1,) + tuple(generator.latent_shape)))
         return {"params": params, "opt": ctx.meta_tx.init(params)}
-    if cfg.meta_target == "generator":
+    if mps.meta_target == "generator":
         frozen = {}
-    return Method(_with_step_key(functools.partial(mps_step, ctx=ctx)), init_meta, frozen,
-                  needs_val=cfg.finder_update == "meta")
+    needs_val = mps.finder_update == "meta"
+    return Method(_with_step_key(functools.partial(mps_step, ctx=ctx), clf, needs_val),
+                  init_meta, frozen, needs_val=needs_val, classifier=clf, name=method)
 
 
-def _feature_dim(model, image_size):
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                               jnp.zeros((1, image_size, image_size, 3))))
-    return shapes["params"]["fc"]["kernel"].shape[0]
+def _check_generator(generator, num_classes):
+    _require(generator is not None, "every method but base needs a generator: pass "
+             "generator=... (mgr_jax.generators, e.g. stylegan2_ada.load(path))")
+    for name in ("sample", "params", "latent_shape", "num_classes"):
+        _require(hasattr(generator, name), f"generator={type(generator).__name__} is not a "
+                 "mgr_jax.generators.Generator (sample, params, latent_shape, num_classes)")
+    _require(not generator.num_classes or generator.num_classes == num_classes,
+             f"the generator has {generator.num_classes} classes and num_classes={num_classes}"
+             "; use a generator trained on this dataset's classes (or an unconditional one)")
+
+
+def _finite_difference_classifier(clf, mps, logits_shape, features_shape):
+    """The classifier the finite-difference hypergradient evaluates L_syn with: a float32 twin
+    when the classifier computes in a narrower dtype (theta +- eps v would be rounded away),
+    or the classifier itself with a one-line warning when no twin can be made."""
+    widths = [jnp.dtype(clf.compute_dtype).itemsize, jnp.dtype(logits_shape.dtype).itemsize,
+              jnp.dtype(features_shape.dtype).itemsize]
+    if not mps.uses_finite_difference or min(widths) >= 4:
+        return clf
+    twin = clf.in_float32()
+    if twin is not None and twin is not clf:
+        twin_logits, twin_features = twin.output_shapes()
+        if min(jnp.dtype(twin_logits.dtype).itemsize,
+               jnp.dtype(twin_features.dtype).itemsize) < 4:
+            twin = None  # the module ignores its dtype field somewhere
+    if twin is None or twin is clf:
+        warnings.warn(f"mgr_jax: the finite-difference hypergradient runs the classifier in "
+                      f"{jnp.dtype(clf.compute_dtype).name} (its module has no dtype field to "
+                      "set to float32), so theta +- eps v is rounded: expect a noisy "
+                      "hypergradient; use mps hypergradient='exact' or float32 compute",
+                      stacklevel=3)
+        return clf
+    return twin

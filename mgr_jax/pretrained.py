@@ -31,6 +31,24 @@ def shape_mismatches(expected, loaded, skip_prefixes=()):
     return out
 
 
+_CONVERT = "`python -m converters.torchvision_resnet IN.pth OUT_DIR`"
+
+
+def check_init_checkpoint_path(path):
+    """UserError (one line) unless `path` is a converted weights directory."""
+    if not os.path.exists(path):
+        raise UserError(f"model.init_checkpoint={path!r} does not exist; convert torchvision "
+                        f"weights with {_CONVERT} and point model.init_checkpoint at OUT_DIR")
+    if not os.path.isdir(path):
+        raise UserError(f"model.init_checkpoint={path!r} is a file, not a converted weights "
+                        f"directory; if it is a torchvision .pth, convert it with {_CONVERT} "
+                        "and point model.init_checkpoint at OUT_DIR")
+    if not (os.path.isfile(os.path.join(path, "meta.json"))
+            and os.path.isdir(os.path.join(path, "variables"))):
+        raise UserError(f"model.init_checkpoint={path!r} is a folder without meta.json and "
+                        f"variables/, not converted weights; make them with {_CONVERT}")
+
+
 def load_init_checkpoint(config, model, num_classes):
     """Variables to start from, or None for a random init; UserError if they do not fit.
 
@@ -41,14 +59,17 @@ def load_init_checkpoint(config, model, num_classes):
     path = config.model.init_checkpoint
     if not path:
         return None
-    if not os.path.isdir(path):
-        raise UserError(f"model.init_checkpoint={path!r} does not exist; convert torchvision "
-                        "weights with `python -m converters.torchvision_resnet IN.pth OUT_DIR` "
-                        "and point model.init_checkpoint at OUT_DIR")
+    check_init_checkpoint_path(path)
     try:
         loaded, meta = load_variables(path)
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 (orbax / json raise many kinds on a damaged folder)
+        why = " ".join(str(e).split())[:160] or type(e).__name__
+        raise UserError(f"model.init_checkpoint={path!r} could not be read ({why}); convert "
+                        f"the weights again with {_CONVERT}") from None
+    if not (isinstance(loaded, dict) and {"params", "batch_stats"} <= set(loaded)):
+        raise UserError(f"model.init_checkpoint={path!r} holds no classifier (params and "
+                        f"batch_stats; kind {meta.get('kind', '?')!r}); convert torchvision "
+                        f"weights with {_CONVERT}")
     size = config.data.image_size
     expected = jax.eval_shape(lambda: model.init(jax.random.key(0),
                                                  jnp.zeros((1, size, size, 3)), train=False))

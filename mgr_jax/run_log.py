@@ -4,14 +4,55 @@ Used by the classifier's loop (records placed by epoch) and the generator traine
 """
 import json
 import os
+import sys
 
 from tensorboardX import SummaryWriter  # writes event files without TensorFlow.
+
+from mgr_jax.errors import UserError
 
 
 def format_eta(seconds):
     """h:mm:ss of a non-negative duration."""
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def read_records(path):
+    """(records, torn) of a metrics.jsonl file.
+
+    A last line that is not complete JSON is what a run killed while appending leaves: it is
+    left out and `torn` is True. Any other line that is not JSON is a UserError naming it.
+    """
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    records, torn = [], False
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"a JSON {type(record).__name__}, not an object")
+        except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+            if all(not rest.strip() for rest in lines[number:]):
+                torn = True
+                break
+            raise UserError(f"{path} line {number} is not a JSON record ({e}); remove that "
+                            "line (or the file, losing the metrics history) to resume") from None
+        records.append(record)
+    return records, torn
+
+
+def _rewrite(path, records):
+    """Replace the file by `records`, one JSON line each, atomically."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 class RunLog:
@@ -25,17 +66,18 @@ class RunLog:
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
         if os.path.exists(self.path):
-            kept = [r for r in self.records() if keep(r)]
-            with open(self.path, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
+            records, torn = read_records(self.path)
+            if torn:
+                print(f"warning: dropped the torn last line of {self.path} (a run stopped "
+                      "while writing it); it is written again", file=sys.stderr, flush=True)
+            _rewrite(self.path, [r for r in records if keep(r)])
         self.tb = SummaryWriter(os.path.join(workdir, "tensorboard")) if tensorboard else None
 
     def records(self, kind=None):
-        """The records in the file (of one kind, when given)."""
+        """The records in the file (of one kind, when given); a torn last line is skipped."""
         if not os.path.exists(self.path):
             return []
-        with open(self.path) as f:
-            records = [json.loads(line) for line in f if line.strip()]
+        records, _ = read_records(self.path)
         return [r for r in records if kind is None or r["kind"] == kind]
 
     def write(self, kind, step, metrics, **position):

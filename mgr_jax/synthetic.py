@@ -3,50 +3,75 @@
 Each L_syn is a pure function of the classifier params and the [0, 1] synthetic images; the
 classifier runs in train mode (batch statistics) and its running-statistic updates are
 discarded: running statistics follow the real data only, which is what evaluation sees.
+Images reach the classifier through its own normalisation (`contract.Classifier.normalize`),
+the one that real batches are given in.
 """
 import jax
 import jax.numpy as jnp
 
-from mgr_jax import losses, synthetic_augment
-from mgr_jax.data import protocol
+from mgr_jax import contract, losses, synthetic_augment
 
 LOSSES = ("gda", "gda_mh", "gda_ssl", "pcr")
+# ITU-R BT.601 luma: RGB generator images for a one-channel classifier.
+LUMA = (0.299, 0.587, 0.114)
 
 
 def draw_latents(key, generator, batch_size, num_classes):
-    """z ~ N(0, I) of the generator's latent shape and y_p uniform over the classes."""
+    """z ~ N(0, I) (batch_size, *latent_shape) float32 and y_p (batch_size,) int32 uniform
+    over the classes."""
     k_z, k_y = jax.random.split(key)
     z = jax.random.normal(k_z, (batch_size,) + tuple(generator.latent_shape))
     y = jax.random.randint(k_y, (batch_size,), 0, max(num_classes, 1))
     return z, y
 
 
-def synthesize(generator, gen_params, w, labels, image_size):
-    """[0, 1] NHWC images at the classifier's resolution from latents w = F(z).
+def match_channels(images, channels):
+    """(N, H, W, c) -> (N, H, W, channels): as is when equal, a grey image repeated, RGB to
+    luma for one channel; any other pair is refused (ValueError, at trace time)."""
+    have = images.shape[-1]
+    if have == channels:
+        return images
+    if have == 1:
+        return jnp.repeat(images, channels, axis=-1)
+    if have == 3 and channels == 1:
+        return jnp.tensordot(images, jnp.asarray(LUMA, images.dtype), axes=[[-1], [0]])[..., None]
+    raise ValueError(f"the generator makes {have}-channel images and the classifier takes "
+                     f"{channels} channels: only equal counts, 1 -> any and 3 -> 1 are mapped")
 
-    The resize is differentiable (jax.image.resize), so MPS can backpropagate to w.
+
+def synthesize(generator, gen_params, w, labels, image_size, channels=3):
+    """[0, 1] NHWC float32 images at the classifier's input size from latents w = F(z).
+
+    image_size: int (square) or (H, W); channels: the classifier's channel count (see
+    `match_channels`). The resize is differentiable (jax.image.resize, bilinear), so MPS can
+    backpropagate to w. w (N, *latent_shape), labels (N,) int.
     """
+    height, width = contract.input_shape_of(image_size)[:2]
     images = generator.sample(gen_params, w, labels).astype(jnp.float32)
-    if images.shape[1] != image_size or images.shape[2] != image_size:
-        images = jax.image.resize(images, (images.shape[0], image_size, image_size,
-                                           images.shape[-1]), "bilinear")
-    if images.shape[-1] == 1:
-        images = jnp.repeat(images, 3, axis=-1)
+    if images.shape[1] != height or images.shape[2] != width:
+        images = jax.image.resize(images, (images.shape[0], height, width, images.shape[-1]),
+                                  "bilinear")
+    images = match_channels(images, channels)
     return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
 
 
 def _forward(model, params, batch_stats, images01):
     """Train-mode classifier on [0, 1] images: (logits, features); stats updates dropped."""
-    (logits, feats), _ = model.apply({"params": params, "batch_stats": batch_stats},
-                                     protocol.normalize(images01), train=True,
-                                     mutable=["batch_stats"])
+    clf = contract.as_classifier(model)
+    logits, feats, _ = clf.forward(params, batch_stats, clf.prepare(images01), True)
     return logits, feats
 
 
 def synthetic_loss(kind, model, params, batch_stats, images01, labels, key, *, aux_head=None,
                    aug_config=None, uda_config=None):
-    """L_syn of a method (unweighted): gda CE, gda_mh second-head CE, gda_ssl UDA, pcr PCR."""
-    strong = lambda: synthetic_augment.rand_augment(key, images01, **(aug_config or {}))  # noqa: E731
+    """L_syn of a method (unweighted): gda CE, gda_mh second-head CE, gda_ssl UDA, pcr PCR.
+
+    model: a `contract.Classifier` or a bare module following the contract; images01
+    (N, H, W, C) in [0, 1]; labels (N,) int; key: the augmentation's PRNG key; aux_head:
+    features (N, D) -> logits (gda_mh only). Returns a scalar.
+    """
+    def strong():
+        return synthetic_augment.rand_augment(key, images01, **(aug_config or {}))
     if kind == "gda":
         logits, _ = _forward(model, params, batch_stats, images01)
         return losses.cross_entropy(logits, labels)

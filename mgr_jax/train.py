@@ -4,6 +4,8 @@ The steps it runs are `methods` (built on `classifier`); it writes through `chec
 `run_log` and `results`.
 """
 import functools
+import os
+import sys
 import time
 
 import jax
@@ -12,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from mgr_jax import checkpoints, config_lib, methods, pretrained, results, sharding
+from mgr_jax import workdir as workdir_lib
 from mgr_jax.classifier import (
     create_learning_rate_fn,
     create_model,
@@ -85,63 +88,105 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        max_epochs_this_run=None):
     """Train per the config, keep the best-validation epoch, return the results dict.
 
-    Re-running on the same workdir resumes from the latest checkpoint. `max_epochs_this_run`
-    stops early after that many epochs (a resumable pause, as a time limit would).
+    Re-running on the same workdir resumes from the latest good checkpoint.
+    `max_epochs_this_run` stops early after that many epochs (a resumable pause, as a time
+    limit would). Everything is checked before anything is written: the config, the workdir
+    (`workdir.inspect`), what the batch sizes need of memory, the data, weights and
+    generator (`setup`); the run then holds the workdir's lock until it returns.
     """
     config_lib.validate(config)
     config_dict = config_lib.to_dict(config)
-    checkpoints.check_workdir_config(workdir, config_dict)
+    workdir_lib.inspect(workdir, config_dict)
     mesh = sharding.create_mesh()
+    config_lib.check_memory(config, list(mesh.devices.flat))
     pipeline, model, method, state, loop_rng = setup(config, mesh)
     # Nothing is written before here: bad input leaves the workdir as it was.
-    checkpoints.write_config(workdir, config_dict)
-    ckpt = checkpoints.RunCheckpoints(workdir, keep_best=config.keep_best_checkpoint)
-    restored = ckpt.restore_latest(state)
+    with workdir_lib.RunLock(workdir, config_dict, enabled=jax.process_index() == 0):
+        return _run(config, workdir, max_epochs_this_run, mesh, pipeline, model, method, state,
+                    loop_rng)
+
+
+def _warn(line):
+    print(line, file=sys.stderr, flush=True)
+
+
+def _resume(ckpt, state, workdir):
+    """(state, loop) to start from: the newest good checkpoint's, or a fresh loop."""
     loop = {"epoch": 0, "best_epoch": 0, "best_val_top1": -1.0, "best_test_top1": None,
             "elapsed_s": 0.0, "steps": 0}
+    restored = ckpt.resume(state, report=_warn)
     if restored is not None:
-        state, loop = restored
+        state, loop, _ = restored
         print(f"resuming {workdir} from epoch {loop['epoch']}", flush=True)
-    last_epoch = loop["epoch"]
-    log = RunLog(workdir, keep=lambda record: record.get("epoch", 0) <= last_epoch)
+    return state, loop
 
-    replicated = sharding.replicated(mesh)
-    step_fn = jax.jit(method.train_step, donate_argnums=(0,),
-                      out_shardings=(replicated, replicated))
-    jit_eval = jax.jit(functools.partial(eval_step, model=model), out_shardings=replicated)
-    eval_fn = lambda s, batch: jit_eval(s, sharding.shard_batch(batch, mesh))  # noqa: E731
-    last = config.num_epochs if max_epochs_this_run is None else min(
-        config.num_epochs, loop["epoch"] + max_epochs_this_run)
+
+def _diverged(error, workdir, saved_epoch, epoch):
+    """TrainingDiverged(step, what is left) for `main` to print."""
+    if saved_epoch:
+        left = (f"the last good checkpoint, epoch {saved_epoch}, is in "
+                f"{os.path.join(workdir, 'checkpoints', 'latest')}")
+    else:
+        left = f"no checkpoint was saved (it diverged in epoch {epoch}, before the first one)"
+    return TrainingDiverged(error.args[0], left)
+
+
+def _run(config, workdir, max_epochs_this_run, mesh, pipeline, model, method, state, loop_rng):
+    """The epoch loop of `train_and_evaluate`, under the workdir's lock."""
+    ckpt = checkpoints.RunCheckpoints(workdir, keep_best=config.keep_best_checkpoint)
+    log = None
     try:
-        for epoch in range(loop["epoch"] + 1, last + 1):
-            t0 = time.time()
-            state, train_metrics = _train_epoch(config, step_fn, state, pipeline, epoch, mesh,
-                                                loop_rng, log, method.needs_val,
-                                                method.frozen)
-            steps_per_s = pipeline.steps_per_epoch / max(time.time() - t0, 1e-9)
-            val_top1, val_loss = evaluate(eval_fn, state, pipeline, "val")
-            is_best = val_top1 > loop["best_val_top1"]
-            if is_best:  # test only when validation improves: the protocol reports that epoch.
-                test_top1, _ = evaluate(eval_fn, state, pipeline, "test")
-                loop.update(best_epoch=epoch, best_val_top1=val_top1, best_test_top1=test_top1)
-            seconds = time.time() - t0
-            loop.update(epoch=epoch, elapsed_s=loop["elapsed_s"] + seconds,
-                        steps=loop["steps"] + pipeline.steps_per_epoch)
-            log.write("epoch", int(state.step),
-                      dict(train_metrics, val_top1=val_top1, val_loss=val_loss,
-                           **({"test_top1": loop["best_test_top1"]} if is_best else {})),
-                      epoch=epoch)
-            log.epoch_line(epoch, config.num_epochs, train_metrics, val_top1,
-                           loop["best_test_top1"] if is_best else None, steps_per_s, seconds,
-                           is_best)
-            ckpt.save(epoch, state, loop, is_best)
+        state, loop = _resume(ckpt, state, workdir)
+        last_epoch = loop["epoch"]
+        log = RunLog(workdir, keep=lambda record: record.get("epoch", 0) <= last_epoch)
+        replicated = sharding.replicated(mesh)
+        step_fn = jax.jit(method.train_step, donate_argnums=(0,),
+                          out_shardings=(replicated, replicated))
+        jit_eval = jax.jit(functools.partial(eval_step, model=model), out_shardings=replicated)
+        eval_fn = lambda s, batch: jit_eval(s, sharding.shard_batch(batch, mesh))  # noqa: E731
+        last = config.num_epochs if max_epochs_this_run is None else min(
+            config.num_epochs, loop["epoch"] + max_epochs_this_run)
+        progress = {"saved": loop["epoch"], "epoch": loop["epoch"]}
+        try:
+            for epoch in range(loop["epoch"] + 1, last + 1):
+                progress["epoch"] = epoch
+                state = _epoch(config, epoch, step_fn, eval_fn, state, pipeline, mesh, loop_rng,
+                               log, method, loop)
+                ckpt.save(epoch, state, loop, loop["best_epoch"] == epoch)
+                progress["saved"] = epoch
+        except TrainingDiverged as e:
+            raise _diverged(e, workdir, progress["saved"], progress["epoch"]) from None
     finally:
         ckpt.close()
-        log.close()
+        if log is not None:
+            log.close()
     if loop["epoch"] < config.num_epochs:
         print(f"paused after epoch {loop['epoch']}; run again to resume", flush=True)
         return None
     return results.write_results(workdir, config, pipeline, loop)
+
+
+def _epoch(config, epoch, step_fn, eval_fn, state, pipeline, mesh, loop_rng, log, method, loop):
+    """Train one epoch, evaluate it, log it; updates `loop` and returns the new state."""
+    t0 = time.time()
+    state, train_metrics = _train_epoch(config, step_fn, state, pipeline, epoch, mesh, loop_rng,
+                                        log, method.needs_val, method.frozen)
+    steps_per_s = pipeline.steps_per_epoch / max(time.time() - t0, 1e-9)
+    val_top1, val_loss = evaluate(eval_fn, state, pipeline, "val")
+    is_best = val_top1 > loop["best_val_top1"]
+    if is_best:  # test only when validation improves: the protocol reports that epoch.
+        test_top1, _ = evaluate(eval_fn, state, pipeline, "test")
+        loop.update(best_epoch=epoch, best_val_top1=val_top1, best_test_top1=test_top1)
+    seconds = time.time() - t0
+    loop.update(epoch=epoch, elapsed_s=loop["elapsed_s"] + seconds,
+                steps=loop["steps"] + pipeline.steps_per_epoch)
+    log.write("epoch", int(state.step),
+              dict(train_metrics, val_top1=val_top1, val_loss=val_loss,
+                   **({"test_top1": loop["best_test_top1"]} if is_best else {})),
+              epoch=epoch)
+    log.epoch_line(epoch, config.num_epochs, train_metrics, val_top1,
+                   loop["best_test_top1"] if is_best else None, steps_per_s, seconds, is_best)
+    return state
 
 
 def _train_epoch(config, step_fn, state, pipeline, epoch, mesh, loop_rng, log, needs_val,

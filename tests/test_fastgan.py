@@ -111,7 +111,7 @@ def test_malicious_checkpoint_is_refused(tmp_path):
     with pytest.raises(torch_pickle.UnsafePickleError, match="os.system"):
         conv.convert(str(path))
     assert not marker.exists()
-    assert conv.main([str(path), str(tmp_path / "out")]) == 1
+    assert conv.main([str(path), str(tmp_path / "out")]) == 2  # issue 18: every converter CLI exits 2 on bad input
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 

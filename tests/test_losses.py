@@ -2,6 +2,8 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from jax import enable_x64
 from jax.test_util import check_grads
 
 from mgr_jax import losses
@@ -73,3 +75,62 @@ def test_multi_head_gda_loss_is_cross_entropy_of_the_second_head():
     labels = jnp.array([0, 2, 1, 1, 0])
     np.testing.assert_allclose(losses.multi_head_gda_loss(logits, labels),
                                losses.cross_entropy(logits, labels))
+
+
+# --- float64, shapes and refusals -----------------------------------------------------------
+
+def _float64_inputs():
+    r = np.random.default_rng(3)
+    return {"a": jnp.asarray(r.normal(size=(4, 5))), "b": jnp.asarray(r.normal(size=(4, 5))),
+            "w": jnp.asarray(r.normal(size=(6, 3))), "labels": jnp.asarray([0, 4, 2, 1])}
+
+
+def test_float64_gradients_of_every_loss_match_finite_differences():
+    """With x64 on, the losses keep float64, so jax.test_util.check_grads' central differences
+    (float64 tolerances) hold through them."""
+    with enable_x64():
+        x = _float64_inputs()
+        assert x["a"].dtype == jnp.float64
+        for value in (losses.pcr_loss(x["a"], x["b"]), losses.kl_penalty(x["w"]),
+                      losses.cross_entropy(x["a"], x["labels"]),
+                      losses.uda_loss(3.0 * x["a"], x["b"], threshold=0.5)):
+            assert value.dtype == jnp.float64
+        check_grads(losses.pcr_loss, (x["a"], x["b"]), order=2, modes=["fwd", "rev"])
+        check_grads(losses.kl_penalty, (x["w"],), order=2, modes=["fwd", "rev"])
+        check_grads(lambda a: losses.cross_entropy(a, x["labels"]), (x["a"],), order=2,
+                    modes=["fwd", "rev"])
+        # the weak branch is a stop-gradient target: the strong branch carries the gradient.
+        weak = 3.0 * x["a"]
+        assert float(losses.uda_loss(weak, x["b"], threshold=0.5)) > 0
+        check_grads(lambda s: losses.uda_loss(weak, s, threshold=0.5), (x["b"],), order=2,
+                    modes=["fwd", "rev"])
+    assert jnp.zeros(1).dtype == jnp.float32  # x64 is off again
+
+
+def test_half_precision_inputs_are_computed_in_float32():
+    a = jnp.ones((2, 3), jnp.bfloat16)
+    assert losses.pcr_loss(a, 0 * a).dtype == jnp.float32
+    assert losses.cross_entropy(a, jnp.array([0, 1])).dtype == jnp.float32
+    np.testing.assert_allclose(losses.pcr_loss(a, 0 * a), 3.0)
+
+
+def test_losses_refuse_bad_ranks_and_shapes_when_traced():
+    f = jnp.zeros((4, 6))
+    with pytest.raises(ValueError, match=r"pcr_loss: features must be \(N, D\)"):
+        losses.pcr_loss(f, jnp.zeros(6))  # (N, D) against (D,) used to broadcast
+    with pytest.raises(ValueError, match="features_aug must be"):
+        jax.jit(losses.pcr_loss)(jnp.zeros((4, 2, 2, 6)), jnp.zeros((4, 2, 2, 6)))
+    with pytest.raises(ValueError, match="same shape"):
+        losses.pcr_loss(f, jnp.zeros((4, 5)))
+    with pytest.raises(ValueError, match="at least two samples"):
+        losses.kl_penalty(jnp.zeros((1, 8)))  # used to return ~13.7 (log of the floor)
+    with pytest.raises(ValueError, match="kl_penalty: w must be"):
+        losses.kl_penalty(jnp.zeros(8))
+    with pytest.raises(ValueError, match=r"labels must be \(N,\)"):
+        losses.cross_entropy(f, jnp.zeros((4, 1), jnp.int32))
+    with pytest.raises(ValueError, match="integer class indices"):
+        losses.cross_entropy(f, jnp.zeros(4))
+    with pytest.raises(ValueError, match="logits must be"):
+        losses.cross_entropy(jnp.zeros(6), jnp.zeros((), jnp.int32))
+    with pytest.raises(ValueError, match="same shape"):
+        losses.uda_loss(f, jnp.zeros((4, 5)))

@@ -17,8 +17,8 @@ import pytest
 from conftest import FIXTURES
 from PIL import Image
 
+from converters import pickle_writer, torch_pickle
 from converters import stylegan2_ada as converter
-from converters import torch_pickle
 from mgr_jax.generators import stylegan2_ada as sg_generator
 from mgr_jax.models import stylegan2
 
@@ -341,7 +341,7 @@ def test_modulated_conv_matches_per_sample_numpy(up, demodulate):
 
 def _write_snapshot(path, module, variables):
     """A snapshot .pkl laid out like the official one (persistent objects), from Flax vars."""
-    P = torch_pickle
+    P = pickle_writer
 
     def to_torch(key, a):
         a = np.asarray(a, np.float32)

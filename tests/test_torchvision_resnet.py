@@ -207,7 +207,7 @@ def test_malicious_and_truncated_files(tmp_path, capsys):
     pickle_writer.save(bad, evil)
     with pytest.raises(tp.UnsafePickleError, match=r"os\.system"):
         tvr.convert(bad)
-    assert tvr.main([str(bad), str(tmp_path / "out")]) == 1
+    assert tvr.main([str(bad), str(tmp_path / "out")]) == 2  # issue 18: exit status 2, as the main job
     assert "refusing to load os.system" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "out").exists()
     good = tmp_path / "good.pth"
@@ -216,7 +216,7 @@ def test_malicious_and_truncated_files(tmp_path, capsys):
     cut.write_bytes(good.read_bytes()[:-5000])
     with pytest.raises(tp.CheckpointFormatError, match="cut.pth"):
         tvr.convert(cut)
-    assert tvr.main([str(cut), str(tmp_path / "out")]) == 1
+    assert tvr.main([str(cut), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "cut.pth" in err and err.count("\n") == 1
 
@@ -225,6 +225,6 @@ def test_cli_bad_path_exit_status(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "converters.torchvision_resnet",
                            str(tmp_path / "missing.pth"), str(tmp_path / "out")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: checkpoint not found: {tmp_path / 'missing.pth'}"]

@@ -98,12 +98,33 @@ class OfficialFiles:
 
     def read_texts(self, name, members):
         """{member: list of non-empty, non-comment lines} of text members of an archive."""
-        raw = self.read_members(name, members)
+        return self.texts(name, self.read_members(name, members))
+
+    def texts(self, name, raw):
+        """{member: list of non-empty, non-comment lines} of {member: bytes} read from `name`."""
         try:
             return {k: [ln.strip() for ln in v.decode("utf-8").splitlines()
                         if ln.strip() and not ln.startswith("#")] for k, v in raw.items()}
         except UnicodeDecodeError as e:
             raise self.corrupt(name, f"a text member is not UTF-8: {e}") from None
+
+    def scan(self, name, members):
+        """(every member as (name, is a folder), {member: bytes} of `members`): one pass over
+        the whole archive, for annotations that live in the folder layout itself."""
+        members, listing, found = set(members), [], {}
+        try:
+            with tarfile.open(self.path(name), "r|*") as tar:
+                for member in tar:
+                    member_name = member.name[2:] if member.name.startswith("./") else member.name
+                    listing.append((member_name.rstrip("/"), member.isdir()))
+                    if member.isfile() and member_name in members:
+                        found[member_name] = tar.extractfile(member).read()
+        except _READ_ERRORS as e:
+            raise self.corrupt(name, f"{type(e).__name__}: {e}") from None
+        missing = sorted(members - set(found))
+        if missing:
+            raise self.corrupt(name, f"it has no {missing[0]}")
+        return listing, found
 
     def load_mat(self, name, data=None, inside=None):
         """scipy.io.loadmat of a .mat file in manual_dir (or of `data`, a member of `inside`)."""

@@ -6,14 +6,26 @@
 Classes are the sub-folders holding at least one image, in sorted order (label = position).
 Without train/ and test/, `data.test_fraction` of each class (by `data.split_seed`) is the
 test split. No preparing step: the files are random-access already.
+
+Every image is decoded once before training (`check_images`; a header check would miss a
+truncated file), so a damaged one is refused in one line naming it before the run starts
+instead of in a loader worker mid-epoch. The result is kept beside the dataset in
+`<data.manual_dir>/.mgr_jax_checked_images.json` (size and modification time of each file
+that decoded), so the cost is paid once: later runs decode only images added or changed since.
 """
+import concurrent.futures
+import json
 import os
 
 import numpy as np
 
-from mgr_jax.data import archives
+from mgr_jax import files as files_lib
+from mgr_jax.data import archives, datasets, transforms
 from mgr_jax.data.protocol import stratified_split
 from mgr_jax.errors import UserError
+
+CHECKED_FILE = ".mgr_jax_checked_images.json"
+_CHECKED_VERSION = 1
 
 
 def _class_images(root):
@@ -41,6 +53,75 @@ def _source(root, classes, class_names):
         labels += [label_of[name]] * len(files)
     order = archives.canonical_order(paths)
     return archives.FileSource(root, [paths[i] for i in order], np.asarray(labels)[order])
+
+
+def decode_problem(path):
+    """None when the file at `path` decodes as the loader will decode it, else why not."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return f"cannot be read: {e.strerror}"
+    if not data:
+        return "is empty (0 bytes)"
+    try:
+        transforms.decode(data)
+    except UserError as e:
+        return "does not decode: " + str(e).split(": ", 1)[-1]
+    return None
+
+
+def _stamp(path):
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UserError(f"imagefolder: cannot read {path}: {e.strerror}") from None
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def _read_checked(path):
+    """{relative path: [size, mtime_ns]} of the images a previous check decoded."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(saved, dict) or saved.get("version") != _CHECKED_VERSION:
+        return {}
+    return saved.get("images") if isinstance(saved.get("images"), dict) else {}
+
+
+def check_images(root, relpaths, num_threads=0):
+    """Decode every image under `root` not decoded before in its current version (see the
+    module docstring); UserError naming the first that fails. Returns how many it decoded."""
+    stamps = {rel: _stamp(os.path.join(root, rel)) for rel in relpaths}
+    cache = os.path.join(root, CHECKED_FILE)
+    checked = _read_checked(cache)
+    todo = [rel for rel in relpaths if checked.get(rel) != stamps[rel]]
+    if not todo:
+        return 0
+    if len(todo) >= 500:
+        print(f"imagefolder: decoding {len(todo)} images once to check them (remembered in "
+              f"{cache})", flush=True)
+    threads = num_threads or min(os.cpu_count() or 1, 16)
+    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+        problems = list(pool.map(lambda rel: decode_problem(os.path.join(root, rel)), todo))
+    bad = [(rel, why) for rel, why in zip(todo, problems) if why]
+    if bad:
+        rel, why = bad[0]
+        more = f" (and {len(bad) - 1} more images that fail)" if len(bad) > 1 else ""
+        raise UserError(f"imagefolder: {os.path.join(root, rel)} {why}{more}; replace or remove "
+                        "it (every image is decoded once before training)")
+    try:
+        files_lib.write_json(cache, {"version": _CHECKED_VERSION, "images": stamps})
+    except OSError:
+        pass  # a read-only dataset folder: the images are checked again next time.
+    return len(todo)
+
+
+def _relative(classes, part=""):
+    """Image paths relative to the dataset root, of {class: paths relative to root/part}."""
+    return [os.path.join(part, p) for paths in classes.values() for p in paths]
 
 
 def load(config):
@@ -77,11 +158,16 @@ def load(config):
         train = _source(os.path.join(root, "train"), train_classes, class_names)
         test = _source(os.path.join(root, "test"), test_classes, class_names)
         train_idx, test_idx = np.arange(len(train)), np.arange(len(test))
+        images = _relative(train_classes, "train") + _relative(test_classes, "test")
     else:
         if not 0 < data.test_fraction < 1:
             raise UserError(f"data.test_fraction={data.test_fraction} must be in (0, 1)")
         train = test = _source(root, train_classes, class_names)
         train_idx, test_idx = stratified_split(train.labels, data.test_fraction, data.split_seed)
-    return archives.DatasetSplits(name="imagefolder", class_names=class_names,
-                                train_source=train, train_indices=train_idx,
-                                test_source=test, test_indices=test_idx)
+        images = _relative(train_classes)
+    splits = archives.DatasetSplits(name="imagefolder", class_names=class_names,
+                                    train_source=train, train_indices=train_idx,
+                                    test_source=test, test_indices=test_idx)
+    datasets.check_split_sizes(splits, data)  # seconds before the decoding below
+    check_images(root, sorted(images), data.num_threads)
+    return splits
