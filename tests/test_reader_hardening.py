@@ -183,7 +183,10 @@ for name, (module, argv, out) in json.loads(sys.argv[1]).items():
         except SystemExit as e:
             status = e.code
     results[name] = {"status": status, "err": err.getvalue(), "out": os.path.lexists(out)}
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# Peak resident memory of this process image: VmHWM (ru_maxrss would carry over the forking
+# parent's peak across exec on Linux, e.g. a pytest process that grew large).
+with open("/proc/self/status") as f:
+    rss = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 print(json.dumps({"results": results, "maxrss_kb": rss}))
 """
 
