@@ -11,6 +11,7 @@ import tarfile
 import zlib
 
 import numpy as np
+import scipy.io
 
 from mgr_jax.errors import UserError
 
@@ -128,7 +129,6 @@ class OfficialFiles:
 
     def load_mat(self, name, data=None, inside=None):
         """scipy.io.loadmat of a .mat file in manual_dir (or of `data`, a member of `inside`)."""
-        import scipy.io  # noqa: PLC0415 (only the datasets with .mat annotations need scipy)
         try:
             return scipy.io.loadmat(io.BytesIO(data) if data is not None else self.path(name),
                                     squeeze_me=True)

@@ -27,6 +27,10 @@ import os
 import weakref
 
 import grain
+try:  # grain internals (may move between releases): only used to flush shared memory at exit
+    from grain._src.python.ipc import shared_memory_array
+except ImportError:
+    shared_memory_array = None
 import numpy as np
 from absl import flags
 
@@ -123,7 +127,6 @@ def _close_live_streams():
     # for the deletions queued so far, or exit leaves the last few segments to Python's
     # resource tracker (which frees them but warns of "leaked shared_memory objects").
     try:
-        from grain._src.python.ipc import shared_memory_array  # noqa: PLC0415
         pool = shared_memory_array.SharedMemoryArray._del_thread_pool  # noqa: SLF001
         if pool is not None:
             pool.apply(int)  # runs after the deletions queued before it.

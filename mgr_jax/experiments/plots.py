@@ -1,14 +1,23 @@
 """The figures' drawings (matplotlib PNGs): curves with a ± std band, 2-D embeddings of
 features, sample grids.
 
-matplotlib, umap-learn and scikit-learn are imported inside the functions that draw or embed:
-they are slow to import (umap-learn compiles with numba), only the figures command needs them,
-matplotlib must get its "Agg" backend before pyplot is imported, and umap-learn is optional.
+matplotlib gets its file-only "Agg" backend before pyplot is imported; umap-learn is optional
+(t-SNE stands in without it).
 """
 import math
 import warnings
 
+import matplotlib
 import numpy as np
+from sklearn.manifold import TSNE
+
+matplotlib.use("Agg")  # files only, no display; must precede the pyplot import
+import matplotlib.pyplot as plt  # noqa: E402
+
+try:
+    import umap  # umap-learn: optional, t-SNE stands in without it
+except ImportError:
+    umap = None
 
 from mgr_jax.experiments.tables import TABLE_LABELS, mean_std
 from mgr_jax.files import tile_grid
@@ -18,9 +27,7 @@ def embed_2d(x, method="umap", seed=0):
     """2-D embedding of the rows of `x`: UMAP (default parameters), t-SNE or PCA."""
     x = np.asarray(x, np.float64)
     if method == "umap":
-        try:
-            import umap  # noqa: PLC0415 (optional, and a slow import; see the docstring)
-        except ImportError:
+        if umap is None:
             print("umap-learn is not installed; using t-SNE instead", flush=True)
             method = "tsne"
         else:
@@ -28,7 +35,6 @@ def embed_2d(x, method="umap", seed=0):
                 warnings.simplefilter("ignore", UserWarning)
                 return umap.UMAP(random_state=seed).fit_transform(x)
     if method == "tsne":
-        from sklearn.manifold import TSNE  # noqa: PLC0415 (slow import, t-SNE only)
         perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3.0)))
         return TSNE(n_components=2, init="pca", random_state=seed,
                     perplexity=perplexity).fit_transform(x)
@@ -38,10 +44,7 @@ def embed_2d(x, method="umap", seed=0):
 
 
 def _pyplot():
-    """matplotlib.pyplot on the file-only "Agg" backend (set before pyplot is imported)."""
-    import matplotlib  # noqa: PLC0415 (heavy, figures only; see the docstring)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    """matplotlib.pyplot on the file-only "Agg" backend (set at import, before pyplot)."""
     return plt
 
 
