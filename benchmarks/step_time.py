@@ -1,8 +1,10 @@
-"""Step time of the jitted train steps: base, PCR, MGR (exact and finite-difference), GDA.
+"""Step time of the jitted train steps: base, PCR, MGR (exact and finite-difference), GDA,
+and MGR with mps.update_every=4 / 16 (mgr_k4, mgr_k16).
 
     python benchmarks/step_time.py [--shapes small,paper] [--batch 64] [--iters 5]
                                    [--methods base,pcr,mgr_exact,mgr_fd] [--torch]
                                    [--generator stylegan2|random] [--out step_time.json]
+    python benchmarks/step_time.py --shapes small --methods base,pcr,mgr_exact,mgr_k4,mgr_k16
 
 On a 2-core CPU the paper shape at batch 64 takes far too long; there use e.g.
     python benchmarks/step_time.py --shapes paper --paper-batch 8 --iters 2 --torch
@@ -16,7 +18,9 @@ how much the machine moved it (on a 2-core CPU at 224x224 batch 64, whose steps 
 of the memory, single rounds of exact/FD ranged 0.95-1.19 in one run).
 All methods run in one process on the same device, compiled first and then timed
 interleaved (each round runs one step of every method), so their ratios compare like with
-like even when other processes load the machine.
+like even when other processes load the machine. An update_every=k variant's round runs one
+whole cycle of k steps (the meta step, then k - 1 steps between) and counts its time / k:
+the amortised time per step (its FLOPs likewise; its compile time is both programs').
 
 Shapes:
   small  the default config (configs/default.py): 16x16 inputs, ResNet-18 width 0.25 with the
@@ -77,6 +81,8 @@ VARIANTS = {
     "pcr": ("pcr", {}),
     "mgr_exact": ("mgr", {"mps.hypergradient": "exact"}),
     "mgr_fd": ("mgr", {"mps.hypergradient": "finite_difference"}),
+    "mgr_k4": ("mgr", {"mps.hypergradient": "exact", "mps.update_every": 4}),
+    "mgr_k16": ("mgr", {"mps.hypergradient": "exact", "mps.update_every": 16}),
 }
 
 
@@ -223,28 +229,43 @@ def time_compiled(fn, args_fn, warmup, iters):
 def compile_method(shape, bench_method, generator, args):
     """One method's step, built as training builds it and compiled with the state donated:
     (compiled, (state, batch, rng, frozen), compile seconds)."""
+    compiled, step_args, compile_s, _ = compile_cycle(shape, bench_method, generator, args)
+    return compiled, step_args, compile_s
+
+
+def compile_cycle(shape, bench_method, generator, args):
+    """compile_method's (compiled, args, seconds) and the programs of one update_every cycle
+    in order: [the step] or [the meta step] + (k - 1) x [the step between] (compiled once)."""
     config = make_config(shape, bench_method, args)
     num_classes = SHAPES[shape]["num_classes"]
     _, method, state = build_method(config, generator, num_classes)
     batch = make_batch(config, num_classes, method.needs_val)
     rng = jax.random.key(1)
-    step = jax.jit(method.train_step, donate_argnums=(0,))
     start = time.perf_counter()
-    compiled = step.lower(state, batch, rng, method.frozen).compile()
-    return compiled, (state, batch, rng, method.frozen), time.perf_counter() - start
+    compiled = jax.jit(method.train_step, donate_argnums=(0,)).lower(
+        state, batch, rng, method.frozen).compile()
+    cycle = [compiled]
+    if method.between_step is not None:
+        between = jax.jit(method.between_step, donate_argnums=(0,)).lower(
+            state, batch, rng, method.frozen).compile()
+        cycle += [between] * (method.update_every - 1)
+    return compiled, (state, batch, rng, method.frozen), time.perf_counter() - start, cycle
 
 
 def prepare_method(shape, bench_method, generator, args):
-    """Build and compile one method's step; returns (info, run_one) where run_one() takes a
-    step (state donated, carried to the next call) and waits for it."""
-    compiled, (state, batch, rng, frozen), compile_s = compile_method(
+    """Build and compile one method's step(s); returns (info, run_one) where run_one() takes
+    one cycle of steps (one step, or update_every; the state donated, carried to the next
+    call) and waits for it. info["cycle"] is the number of steps run_one takes."""
+    _, (state, batch, rng, frozen), compile_s, cycle = compile_cycle(
         shape, bench_method, generator, args)
-    info = {"compile_s": compile_s, "flops": flops_of(compiled)}
+    info = {"compile_s": compile_s, "cycle": len(cycle),
+            "flops": sum(flops_of(c) for c in cycle) / len(cycle)}
     holder = {"state": state}
 
     def run_one():
         # The donated input is gone after the call; carry the new state, as training does.
-        holder["state"], metrics = compiled(holder["state"], batch, rng, frozen)
+        for program in cycle:
+            holder["state"], metrics = program(holder["state"], batch, rng, frozen)
         jax.block_until_ready((holder["state"], metrics))
     return info, run_one
 
@@ -263,8 +284,8 @@ def time_methods(shape, names, generator, args):
         for name in names:
             start = time.perf_counter()
             prepared[name][1]()
-            if r >= args.warmup:
-                times[name].append(time.perf_counter() - start)
+            if r >= args.warmup:  # per step: a cycle's time / its steps
+                times[name].append((time.perf_counter() - start) / prepared[name][0]["cycle"])
         if r >= args.warmup:
             print(f"[{shape}] round {r - args.warmup + 1}/{args.iters}: " + ", ".join(
                 f"{n} {1e3 * times[n][-1]:.0f} ms" for n in names), flush=True)
@@ -377,7 +398,14 @@ def print_table(shape, result, peak, peak_label):
                                 ("mgr_exact / base", "mgr_exact", "base", 10.0),
                                 ("mgr_fd / base", "mgr_fd", "base", 10.0),
                                 ("pcr / base", "pcr", "base", 3.0),
-                                ("gda / base", "gda", "base", None)):
+                                ("gda / base", "gda", "base", None),
+                                ("mgr_exact / pcr", "mgr_exact", "pcr", None),
+                                ("mgr_k4 / base", "mgr_k4", "base", None),
+                                ("mgr_k16 / base", "mgr_k16", "base", None),
+                                ("mgr_k4 / pcr", "mgr_k4", "pcr", None),
+                                ("mgr_k16 / pcr", "mgr_k16", "pcr", None),
+                                ("mgr_k4 / mgr_exact", "mgr_k4", "mgr_exact", None),
+                                ("mgr_k16 / mgr_exact", "mgr_k16", "mgr_exact", None)):
         if a in ms and b in ms:
             value = ms[a] / ms[b]
             per_round = [ta / tb for ta, tb in zip(rows[a]["step_times_s"],

@@ -125,6 +125,18 @@ def get_config():
     config.mps.hypergradient = "exact"  # or finite_difference (DARTS Eq. 9).
     config.mps.fd_eps = 0.01  # eps = fd_eps / ||v|| for finite_difference.
     config.mps.finder_lr = 1e-4  # Adam.
+    # The finder's optimiser: adam (the paper's) or sgd (plain steps), Adam's betas (lower:
+    # shorter memory of past hypergradients), the hypergradient divided by its norm (the
+    # optimiser sees its direction only), and a linear warm-up of finder_lr over this many
+    # finder updates (0: none).
+    config.mps.finder_optimizer = "adam"
+    config.mps.finder_b1 = 0.9
+    config.mps.finder_b2 = 0.999
+    config.mps.normalize_hypergrad = False
+    config.mps.finder_warmup_steps = 0
+    # The finder's meta-update every k-th step only; the steps between are the method's
+    # uniform step (PCR for mgr, GDA for gda_mps) on x_p = G(F(z)) with the current finder.
+    config.mps.update_every = 1
     config.mps.kl_weight = 0.01  # lambda_KL of Eq. 11; 0 turns the KL penalty off.
     config.mps.meta_target = "finder"  # or generator: meta-optimise G's params instead.
     # meta (Algorithm 1), or the Table 7 ablations without meta-learning: max_ce / max_pcr
@@ -133,6 +145,10 @@ def get_config():
     config.mps.finder_update = "meta"
     config.mps.log_hypergrad_cosine = False  # also compute the other hypergradient and log
                                              # their cosine (costs one more hypergradient).
+    # Evaluate the meta-objective CE_val(theta') again after each finder update (one more
+    # D_val forward) and log its change: meta_descent (new - old), meta_descended (1 if it
+    # went down; the epoch mean is the fraction of updates that lowered it).
+    config.mps.log_meta_descent = False
 
     # Multi-host runs: jax.distributed.initialize() before anything else (README, "Scaling").
     # With enabled and no coordinator_address, the cluster environment (SLURM, TPU) is read.

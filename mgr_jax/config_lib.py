@@ -17,6 +17,7 @@ from mgr_jax import generators, pretrained
 from mgr_jax.data import datasets
 from mgr_jax.errors import UserError
 from mgr_jax.hypergrad import HYPERGRADIENTS
+from mgr_jax.method_settings import FINDER_OPTIMIZERS
 from mgr_jax.models import resnet
 
 METHODS = ("base", "gda", "gda_mh", "gda_ssl", "gda_mps", "pcr", "mgr")
@@ -145,10 +146,17 @@ SCHEMA = {
         "hypergradient": Field("str", _one_of(HYPERGRADIENTS)),
         "fd_eps": POSITIVE,
         "finder_lr": POSITIVE,
+        "finder_optimizer": Field("str", _one_of(FINDER_OPTIMIZERS)),
+        "finder_b1": Field("float", _range(0, 1, hi_open=True)),
+        "finder_b2": Field("float", _range(0, 1, hi_open=True)),
+        "normalize_hypergrad": Field("bool"),
+        "finder_warmup_steps": NON_NEGATIVE_INT,
+        "update_every": POSITIVE_INT,
         "kl_weight": NON_NEGATIVE,
         "meta_target": Field("str", _one_of(("finder", "generator"))),
         "finder_update": Field("str", _one_of(("meta", "max_ce", "max_pcr"))),
         "log_hypergrad_cosine": Field("bool"),
+        "log_meta_descent": Field("bool"),
     },
     "distributed": {
         "enabled": Field("bool"),

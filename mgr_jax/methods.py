@@ -16,12 +16,13 @@ step folds in state.step, so the same key can be passed every step) and `method.
 generator itself is meta-optimised); passing them as an argument keeps them out of the
 compiled program's constants. Jit it as `jax.jit(method.train_step)`, optionally with
 `donate_argnums=(0,)`. Algorithm 1 (MPS) is `mps_step`; the uniform-sampling methods share
-`uniform_step`.
+`uniform_step`. With `mps.update_every=k > 1` the finder takes its meta-update at every k-th
+step only: `method.step_for(n)` is `train_step` (the meta step) when n % k == 0 and
+`between_step` (the method's uniform step on latents F_phi(z), meta state unchanged)
+otherwise; `method.jit()` jits both, each a program of its own.
 """
 import dataclasses
 import functools
-import numbers
-import warnings
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -31,105 +32,58 @@ import optax
 
 from mgr_jax import classifier, config_lib, contract, hypergrad, losses
 from mgr_jax import synthetic as synthetic_lib
-from mgr_jax.errors import UserError
-from mgr_jax.finder import ARCHS as FINDER_ARCHS
 from mgr_jax.finder import Finder
 from mgr_jax.generators import load_generator
+from mgr_jax.method_settings import (  # noqa: F401  (re-exported: the library's names)
+    FINDER_OPTIMIZERS,
+    FINDER_UPDATES,
+    META_TARGETS,
+    MPSSettings,
+    SettingError,
+    SyntheticSettings,
+    _choice,
+    _number,
+    _require,
+    check_generator,
+    finder_optimizer,
+    finite_difference_classifier,
+    settings_from_config,
+)
 
 # method -> (synthetic loss, latent choice)
 SYNTHETIC = {"gda": ("gda", "uniform"), "gda_mh": ("gda_mh", "uniform"),
              "gda_ssl": ("gda_ssl", "uniform"), "pcr": ("pcr", "uniform"),
              "gda_mps": ("gda", "mps"), "mgr": ("pcr", "mps")}
 METHODS = ("base", "gda", "gda_mh", "gda_ssl", "gda_mps", "pcr", "mgr")
-META_TARGETS = ("finder", "generator")
-FINDER_UPDATES = ("meta", "max_ce", "max_pcr")
-
-
-class SettingError(UserError, ValueError):
-    """A method name or setting that `build_method` / `build` cannot run."""
-
-
-def _require(ok, message):
-    if not ok:
-        raise SettingError(message)
-
-
-def _choice(name, value, choices):
-    _require(isinstance(value, str) and value in choices,
-             f"{name}={value!r} is not valid; choose one of {list(choices)}")
-
-
-def _number(name, value, low, *, strict=False, integer=False, high=None):
-    kind = numbers.Integral if integer else numbers.Real
-    ok = isinstance(value, kind) and not isinstance(value, bool) and (
-        value > low if strict else value >= low) and (high is None or value <= high)
-    bound = f"{'>' if strict else '>='} {low}" + ("" if high is None else f" and <= {high}")
-    _require(ok, f"{name}={value!r} must be {'an integer' if integer else 'a number'} {bound}")
-
-
-@dataclasses.dataclass(frozen=True)
-class SyntheticSettings:
-    """The synthetic-sample loss of every method but base (config: lambda_,
-    synthetic_batch_size, augment.num_ops / max_magnitude, uda.temperature / threshold)."""
-    lambda_: float = 0.1  # the paper's lambda, weight of L_syn
-    batch_size: int = 64  # synthetic samples per step
-    augment_num_ops: int = 2  # RandAugment T: ops per sample ...
-    augment_max_magnitude: float = 1.0  # ... and their largest magnitude (in [0, 1])
-    uda_temperature: float = 0.4  # gda_ssl: sharpening temperature
-    uda_threshold: float = 0.8  # gda_ssl: confidence threshold
-
-    def __post_init__(self):
-        _number("lambda_", self.lambda_, 0)
-        _number("synthetic batch_size", self.batch_size, 1, integer=True)
-        _number("augment_num_ops", self.augment_num_ops, 0, integer=True)
-        _number("augment_max_magnitude", self.augment_max_magnitude, 0, high=1)
-        _number("uda_temperature", self.uda_temperature, 0, strict=True)
-        _number("uda_threshold", self.uda_threshold, 0, high=1)
-
-
-@dataclasses.dataclass(frozen=True)
-class MPSSettings:
-    """Meta-learning of the finder, Algorithm 1 (gda_mps, mgr; config: mps.*, finder.*)."""
-    hypergradient: str = "exact"  # or "finite_difference" (DARTS Eq. 9)
-    fd_eps: float = 0.01  # eps = fd_eps / ||v|| for finite_difference
-    finder_lr: float = 1e-4  # Adam
-    kl_weight: float = 0.01  # lambda_KL of Eq. 11; 0 turns the KL penalty off
-    meta_target: str = "finder"  # or "generator": meta-optimise G's own parameters
-    finder_update: str = "meta"  # or the Table 7 ablations "max_ce" / "max_pcr"
-    log_hypergrad_cosine: bool = False  # also compute the other hypergradient, log the cosine
-    finder_arch: str = "residual"  # finder.ARCHS
-    finder_hidden_dim: int = 0  # 0: the latent size
-
-    def __post_init__(self):
-        _choice("mps.hypergradient", self.hypergradient, hypergrad.HYPERGRADIENTS)
-        _number("mps.fd_eps", self.fd_eps, 0, strict=True)
-        _number("mps.finder_lr", self.finder_lr, 0, strict=True)
-        _number("mps.kl_weight", self.kl_weight, 0)
-        _choice("mps.meta_target", self.meta_target, META_TARGETS)
-        _choice("mps.finder_update", self.finder_update, FINDER_UPDATES)
-        _require(isinstance(self.log_hypergrad_cosine, bool),
-                 f"mps.log_hypergrad_cosine={self.log_hypergrad_cosine!r} must be True or False")
-        _choice("finder.arch", self.finder_arch, FINDER_ARCHS)
-        _number("finder.hidden_dim", self.finder_hidden_dim, 0, integer=True)
-
-    @property
-    def uses_finite_difference(self):
-        return self.finder_update == "meta" and (self.hypergradient == "finite_difference"
-                                                 or self.log_hypergrad_cosine)
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
     """A method's pieces: its step, its extra state (TrainState.meta), its data needs."""
-    train_step: Callable  # (state, batch, rng, frozen) -> (state, metrics)
+    train_step: Callable  # (state, batch, rng, frozen) -> (state, metrics); MPS: the meta step
     init_meta: Callable  # rng -> pytree stored in TrainState.meta
     frozen: Any = dataclasses.field(default_factory=dict)
     needs_val: bool = False  # whether batches carry a D_val batch (MPS)
     classifier: Any = None  # the contract.Classifier the step runs
     name: str = ""
+    between_step: Callable = None  # mps.update_every > 1: the steps between meta-updates
+    update_every: int = 1
 
     def with_frozen(self, frozen):
         return dataclasses.replace(self, frozen=frozen)
+
+    def step_for(self, step_number):
+        """The step to run at `step_number` (a host int, e.g. the loop's count): train_step
+        at every update_every-th step, between_step at the others."""
+        if self.between_step is None or step_number % self.update_every == 0:
+            return self.train_step
+        return self.between_step
+
+    def jit(self, **jit_kwargs):
+        """This Method with its steps jitted (`jax.jit(step, **jit_kwargs)`), one program each."""
+        between = None if self.between_step is None else jax.jit(self.between_step, **jit_kwargs)
+        return dataclasses.replace(self, train_step=jax.jit(self.train_step, **jit_kwargs),
+                                   between_step=between)
 
 
 def _real_ce(model, state, batch):
@@ -158,12 +112,38 @@ def base_step(state, batch, rng, frozen, *, model, tx, learning_rate_fn):
                             learning_rate_fn=learning_rate_fn)
 
 
-def uniform_step(state, batch, rng, frozen, *, ctx):
-    """GDA, GDA multi-head, GDA+SSL, PCR: CE(real) + lambda * L_syn(x_p), z ~ N(0, I)."""
+def _draw(ctx, rng):
+    """(z, y_p, augmentation key) of a step's key."""
     k_lat, k_aug = jax.random.split(rng)
     z, y = ctx.split_batch(synthetic_lib.draw_latents(k_lat, ctx.generator, ctx.syn_batch,
                                                       ctx.num_classes))
-    x01 = jax.lax.stop_gradient(_synthesize(ctx, frozen["generator"], z, y))
+    return z, y, k_aug
+
+
+def uniform_step(state, batch, rng, frozen, *, ctx):
+    """GDA, GDA multi-head, GDA+SSL, PCR: CE(real) + lambda * L_syn(x_p), z ~ N(0, I)."""
+    z, y, k_aug = _draw(ctx, rng)
+    return _uniform_update(state, batch, ctx, frozen["generator"], z, y, k_aug)
+
+
+def between_step(state, batch, rng, frozen, *, ctx):
+    """A step between two meta-updates (mps.update_every > 1): the uniform step of the
+    method's synthetic loss (PCR for mgr, GDA for gda_mps) on x_p = G(F_phi(z)) with the
+    current phi, held fixed; the meta state (phi and its optimiser) is left as it is."""
+    z, y, k_aug = _draw(ctx, rng)
+    phi, gen_params = _meta_params(state, frozen, ctx.mps)
+    if ctx.mps.meta_target == "finder":
+        w = ctx.finder.apply(phi, z)
+    else:
+        w, gen_params = z, phi
+    state, metrics = _uniform_update(state, batch, ctx, gen_params, w, y, k_aug)
+    metrics.update(_latent_metrics(ctx.mps, z, w))
+    return state, metrics
+
+
+def _uniform_update(state, batch, ctx, gen_params, w, y, k_aug):
+    """The classifier's step on CE(real) + lambda * L_syn(x_p), x_p = G(w, y) held fixed."""
+    x01 = jax.lax.stop_gradient(_synthesize(ctx, gen_params, w, y))
     aux = state.meta.get("aux_head")
 
     def loss_fn(params, aux_params):
@@ -190,8 +170,11 @@ def mps_step(state, batch, rng, frozen, *, ctx):
        BN statistics and optimiser state untouched).
     2. phi <- Adam(grad_phi [CE_val(theta') + kl_weight * KL(F(z))]), the hypergradient exact
        or finite-difference (`mps.hypergradient`; evaluated in float32 for a classifier that
-       computes in bfloat16, see `_finite_difference_classifier`).
+       computes in bfloat16, see `finite_difference_classifier`); the optimiser is
+       `finder_optimizer(mps)`, fed the hypergradient / its norm with `normalize_hypergrad`.
     3. theta takes its real step on the same real batch with x_p regenerated from the new phi.
+    `log_meta_descent` re-evaluates M = CE_val(theta') at the new phi (same batches, z, T):
+    metrics meta_loss_after, meta_descent = M(new) - M(old), meta_descended (1.0 if lower).
     CE(real) and its gradient at theta are computed once and reused by steps 1 and 3. phi acts
     on L_syn only through the images x_p = G(F_phi(z)), so x_p is generated once with its
     pullback (jax.vjp): steps 1-2 differentiate L_syn w.r.t. the images, and one backward
@@ -199,9 +182,7 @@ def mps_step(state, batch, rng, frozen, *, ctx):
     `hypergrad.meta_gradient` on the whole objective).
     """
     cfg = ctx.mps
-    k_lat, k_aug = jax.random.split(rng)
-    z, y = ctx.split_batch(synthetic_lib.draw_latents(k_lat, ctx.generator, ctx.syn_batch,
-                                                      ctx.num_classes))
+    z, y, k_aug = _draw(ctx, rng)
     eta = ctx.learning_rate_fn(state.step)
     phi, gen_params = _meta_params(state, frozen, cfg)
 
@@ -227,8 +208,8 @@ def mps_step(state, batch, rng, frozen, *, ctx):
             g_syn, exact = hypergrad.inner_gradient_and_mixed(l_syn, state.params, x01, eta)
         else:
             g_syn = jax.grad(l_syn)(state.params, x01)
-        theta_v = jax.tree.map(lambda t, a, b: t - eta * (a + b), state.params, g_ce, g_syn)
-        val_loss, v = jax.value_and_grad(_val_ce(ctx.model, state, batch))(theta_v)
+        val_ce = _val_ce(ctx.model, state, batch)
+        val_loss, v = jax.value_and_grad(val_ce)(_virtual(state.params, g_ce, g_syn, eta))
 
         def hypergradient(kind):  # image space: d(meta loss)/d x_p
             if kind == "exact":
@@ -257,18 +238,38 @@ def mps_step(state, batch, rng, frozen, *, ctx):
             latents(p).reshape(z.shape[0], -1)))(phi)
         hyper = jax.tree.map(lambda a, b: a + cfg.kl_weight * b, hyper, g_kl)
         metrics["kl"] = kl
+    metrics["hypergrad_norm"] = optax.tree_utils.tree_norm(hyper)
+    if cfg.normalize_hypergrad:  # the optimiser sees the direction only
+        hyper = jax.tree.map(lambda g: g / (metrics["hypergrad_norm"] + 1e-12), hyper)
     upd, meta_opt = ctx.meta_tx.update(hyper, state.meta["opt"], phi)
     phi = optax.apply_updates(phi, upd)
 
     syn, g_syn_new = jax.value_and_grad(l_syn)(state.params, images(phi))
+    if cfg.log_meta_descent and cfg.finder_update == "meta":
+        # M(phi_new) on the same real batch, z, y, T and D_val batch: one more D_val forward.
+        after = val_ce(_virtual(state.params, g_ce, g_syn_new, eta))
+        metrics.update(meta_loss_after=after, meta_descent=after - val_loss,
+                       meta_descended=(after < val_loss).astype(jnp.float32))
     grads = jax.tree.map(jnp.add, g_ce, g_syn_new)
-    w = latents(phi).reshape(z.shape[0], -1)
     metrics.update(loss=ce + syn, ce=ce, syn=syn / jnp.maximum(ctx.lam, 1e-12),
                    accuracy=_accuracy(logits, batch["label"]), lr=eta,
-                   finder_norm=jnp.mean(jnp.linalg.norm(w, axis=-1)),
-                   hypergrad_norm=optax.tree_utils.tree_norm(hyper))
+                   **_latent_metrics(cfg, z, latents(phi)))
     meta = {"params": phi, "opt": meta_opt}
     return classifier.apply_classifier_update(state, ctx.tx, grads, stats, meta), metrics
+
+
+def _virtual(params, g_ce, g_syn, eta):
+    """theta' = theta - eta * (grad CE(real) + grad lambda L_syn): the virtual SGD step."""
+    return jax.tree.map(lambda t, a, b: t - eta * (a + b), params, g_ce, g_syn)
+
+
+def _latent_metrics(cfg, z, w):
+    """finder_norm = mean ||w||; latent_displacement = mean ||F(z) - z|| (finder target)."""
+    z, w = z.reshape(z.shape[0], -1), w.reshape(z.shape[0], -1)
+    out = {"finder_norm": jnp.mean(jnp.linalg.norm(w, axis=-1))}
+    if cfg.meta_target == "finder":
+        out["latent_displacement"] = jnp.mean(jnp.linalg.norm(w - z, axis=-1))
+    return out
 
 
 def _meta_params(state, frozen, cfg):
@@ -319,29 +320,6 @@ def _with_step_key(step_fn, clf, needs_val):
         contract.check_batch(batch, clf, needs_val)
         return step_fn(state, batch, jax.random.fold_in(rng, state.step), frozen)
     return wrapped
-
-
-def settings_from_config(config):
-    """(SyntheticSettings, MPSSettings) of a configs/default.py config; SettingError for a bad
-    value. A section the config lacks takes the settings' defaults."""
-    syn, mps = SyntheticSettings(), MPSSettings()
-    aug, uda = config.get("augment"), config.get("uda")
-    syn = SyntheticSettings(
-        lambda_=config.get("lambda_", syn.lambda_),
-        batch_size=config.get("synthetic_batch_size", syn.batch_size),
-        augment_num_ops=aug.num_ops if aug is not None else syn.augment_num_ops,
-        augment_max_magnitude=aug.max_magnitude if aug is not None else syn.augment_max_magnitude,
-        uda_temperature=uda.temperature if uda is not None else syn.uda_temperature,
-        uda_threshold=uda.threshold if uda is not None else syn.uda_threshold)
-    fields = {f.name: getattr(mps, f.name) for f in dataclasses.fields(MPSSettings)}
-    for name in ("hypergradient", "fd_eps", "finder_lr", "kl_weight", "meta_target",
-                 "finder_update", "log_hypergrad_cosine"):
-        if config.get("mps") is not None and name in config.mps:
-            fields[name] = config.mps[name]
-    if config.get("finder") is not None:
-        fields["finder_arch"] = config.finder.get("arch", mps.finder_arch)
-        fields["finder_hidden_dim"] = config.finder.get("hidden_dim", mps.finder_hidden_dim)
-    return syn, MPSSettings(**fields)
 
 
 def build(config, *, model, tx, learning_rate_fn, num_classes, image_size=None,
@@ -395,12 +373,14 @@ def build_method(method, *, model, tx, learning_rate_fn, num_classes, generator=
         step = functools.partial(base_step, model=clf, tx=tx, learning_rate_fn=learning_rate_fn)
         return Method(_with_step_key(step, clf, False), init_meta=lambda rng: {},
                       classifier=clf, name=method)
-    _check_generator(generator, num_classes)
+    check_generator(generator, num_classes)
     loss_kind, sampling = SYNTHETIC[method]
     if sampling == "mps" and mps.meta_target == "finder" and mps.kl_weight:
         _require(synthetic.batch_size >= 2, f"synthetic batch_size={synthetic.batch_size}: "
                  "the KL penalty needs at least two samples (or mps.kl_weight=0)")
     aug = {"num_ops": synthetic.augment_num_ops, "max_magnitude": synthetic.augment_max_magnitude}
+    if synthetic.augment_ops != SyntheticSettings().augment_ops:
+        aug["ops"] = synthetic.augment_ops
     uda = {"temperature": synthetic.uda_temperature, "threshold": synthetic.uda_threshold}
 
     def loss_of(net):
@@ -428,8 +408,8 @@ def build_method(method, *, model, tx, learning_rate_fn, num_classes, generator=
         return Method(_with_step_key(functools.partial(uniform_step, ctx=ctx), clf, False),
                       init_meta, frozen, classifier=clf, name=method)
     finder = Finder(arch=mps.finder_arch, hidden_dim=mps.finder_hidden_dim)
-    ctx = dataclasses.replace(ctx, mps=mps, finder=finder, meta_tx=optax.adam(mps.finder_lr),
-                              syn_loss_fd=loss_of(_finite_difference_classifier(
+    ctx = dataclasses.replace(ctx, mps=mps, finder=finder, meta_tx=finder_optimizer(mps),
+                              syn_loss_fd=loss_of(finite_difference_classifier(
                                   clf, mps, logits_shape, features_shape)))
     if mps.finder_update != "meta":  # Table 7: CE (as GDA's) or PCR on x_p, whatever L_syn is.
         finder_kind = {"max_ce": "gda", "max_pcr": "pcr"}[mps.finder_update]
@@ -445,40 +425,9 @@ def build_method(method, *, model, tx, learning_rate_fn, num_classes, generator=
     if mps.meta_target == "generator":
         frozen = {}
     needs_val = mps.finder_update == "meta"
+    between = None
+    if mps.update_every > 1:  # checked like the meta step, so one pipeline serves both
+        between = _with_step_key(functools.partial(between_step, ctx=ctx), clf, needs_val)
     return Method(_with_step_key(functools.partial(mps_step, ctx=ctx), clf, needs_val),
-                  init_meta, frozen, needs_val=needs_val, classifier=clf, name=method)
-
-
-def _check_generator(generator, num_classes):
-    _require(generator is not None, "every method but base needs a generator: pass "
-             "generator=... (mgr_jax.generators, e.g. stylegan2_ada.load(path))")
-    for name in ("sample", "params", "latent_shape", "num_classes"):
-        _require(hasattr(generator, name), f"generator={type(generator).__name__} is not a "
-                 "mgr_jax.generators.Generator (sample, params, latent_shape, num_classes)")
-    _require(not generator.num_classes or generator.num_classes == num_classes,
-             f"the generator has {generator.num_classes} classes and num_classes={num_classes}"
-             "; use a generator trained on this dataset's classes (or an unconditional one)")
-
-
-def _finite_difference_classifier(clf, mps, logits_shape, features_shape):
-    """The classifier the finite-difference hypergradient evaluates L_syn with: a float32 twin
-    when the classifier computes in a narrower dtype (theta +- eps v would be rounded away),
-    or the classifier itself with a one-line warning when no twin can be made."""
-    widths = [jnp.dtype(clf.compute_dtype).itemsize, jnp.dtype(logits_shape.dtype).itemsize,
-              jnp.dtype(features_shape.dtype).itemsize]
-    if not mps.uses_finite_difference or min(widths) >= 4:
-        return clf
-    twin = clf.in_float32()
-    if twin is not None and twin is not clf:
-        twin_logits, twin_features = twin.output_shapes()
-        if min(jnp.dtype(twin_logits.dtype).itemsize,
-               jnp.dtype(twin_features.dtype).itemsize) < 4:
-            twin = None  # the module ignores its dtype field somewhere
-    if twin is None or twin is clf:
-        warnings.warn(f"mgr_jax: the finite-difference hypergradient runs the classifier in "
-                      f"{jnp.dtype(clf.compute_dtype).name} (its module has no dtype field to "
-                      "set to float32), so theta +- eps v is rounded: expect a noisy "
-                      "hypergradient; use mps hypergradient='exact' or float32 compute",
-                      stacklevel=3)
-        return clf
-    return twin
+                  init_meta, frozen, needs_val=needs_val, classifier=clf, name=method,
+                  between_step=between, update_every=mps.update_every)

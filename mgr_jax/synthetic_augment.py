@@ -155,15 +155,23 @@ def apply_op(images, op, magnitude, sign, key):
     return jnp.clip(out, 0.0, 1.0)
 
 
-def rand_augment(key, images, num_ops=2, max_magnitude=1.0):
+def rand_augment(key, images, num_ops=2, max_magnitude=1.0, ops=OPS):
     """RandAugment: `num_ops` random ops per sample, magnitudes U(0, max_magnitude).
 
     images (N, H, W, C) in [0, 1] -> same shape; differentiable w.r.t. images (see module doc).
+    ops: the names drawn from (uniformly), all of OPS by default; e.g. leaving out posterize
+    and solarize makes T smooth in the image but for clipping, cutout and the bilinear warps.
     """
     n = images.shape[0]
+    ops = tuple(ops)
+    unknown = [o for o in ops if o not in OPS]
+    if unknown or not ops:
+        raise ValueError(f"ops={ops!r}: choose a non-empty subset of {OPS}")
     for layer_key in jax.random.split(key, num_ops):
         k_op, k_mag, k_sign, k_cut = jax.random.split(layer_key, 4)
-        op = jax.random.randint(k_op, (n,), 0, len(OPS))
+        op = jax.random.randint(k_op, (n,), 0, len(ops))
+        if ops != OPS:  # an index into the subset, mapped to OPS' numbering
+            op = jnp.asarray([OPS.index(o) for o in ops], jnp.int32)[op]
         magnitude = jax.random.uniform(k_mag, (n,)) * max_magnitude
         sign = jnp.where(jax.random.bernoulli(k_sign, 0.5, (n,)), 1.0, -1.0)
         images = apply_op(images, op, magnitude, sign, k_cut)

@@ -140,8 +140,9 @@ def _run(config, workdir, max_epochs_this_run, mesh, pipeline, model, method, st
         last_epoch = loop["epoch"]
         log = RunLog(workdir, keep=lambda record: record.get("epoch", 0) <= last_epoch)
         replicated = sharding.replicated(mesh)
-        step_fn = jax.jit(method.train_step, donate_argnums=(0,),
-                          out_shardings=(replicated, replicated))
+        # One program per step kind (the meta step and, with mps.update_every > 1, the
+        # steps between), each compiled once; the loop picks one by step number.
+        jitted = method.jit(donate_argnums=(0,), out_shardings=(replicated, replicated))
         jit_eval = jax.jit(functools.partial(eval_step, model=model), out_shardings=replicated)
         eval_fn = lambda s, batch: jit_eval(s, sharding.shard_batch(batch, mesh))  # noqa: E731
         last = config.num_epochs if max_epochs_this_run is None else min(
@@ -150,8 +151,8 @@ def _run(config, workdir, max_epochs_this_run, mesh, pipeline, model, method, st
         try:
             for epoch in range(loop["epoch"] + 1, last + 1):
                 progress["epoch"] = epoch
-                state = _epoch(config, epoch, step_fn, eval_fn, state, pipeline, mesh, loop_rng,
-                               log, method, loop)
+                state = _epoch(config, epoch, jitted, eval_fn, state, pipeline, mesh, loop_rng,
+                               log, loop)
                 ckpt.save(epoch, state, loop, loop["best_epoch"] == epoch)
                 progress["saved"] = epoch
         except TrainingDiverged as e:
@@ -166,11 +167,11 @@ def _run(config, workdir, max_epochs_this_run, mesh, pipeline, model, method, st
     return results.write_results(workdir, config, pipeline, loop)
 
 
-def _epoch(config, epoch, step_fn, eval_fn, state, pipeline, mesh, loop_rng, log, method, loop):
+def _epoch(config, epoch, method, eval_fn, state, pipeline, mesh, loop_rng, log, loop):
     """Train one epoch, evaluate it, log it; updates `loop` and returns the new state."""
     t0 = time.time()
-    state, train_metrics = _train_epoch(config, step_fn, state, pipeline, epoch, mesh, loop_rng,
-                                        log, method.needs_val, method.frozen)
+    state, train_metrics = _train_epoch(config, method, state, pipeline, epoch, mesh, loop_rng,
+                                        log)
     steps_per_s = pipeline.steps_per_epoch / max(time.time() - t0, 1e-9)
     val_top1, val_loss = evaluate(eval_fn, state, pipeline, "val")
     is_best = val_top1 > loop["best_val_top1"]
@@ -189,23 +190,34 @@ def _epoch(config, epoch, step_fn, eval_fn, state, pipeline, mesh, loop_rng, log
     return state
 
 
-def _train_epoch(config, step_fn, state, pipeline, epoch, mesh, loop_rng, log, needs_val,
-                 frozen):
-    """Run one epoch; host syncs only every `log_every_steps` steps and at the end."""
-    pending, sums, count = [], None, 0
+def _means(sums, counts):
+    """Per-key means on the host: each metric over the steps that logged it (the meta steps
+    log more keys than the steps between them)."""
+    out = {}
+    for k, v in jax.device_get(sums).items():
+        v = np.asarray(v)  # divided in its own dtype, as the device would
+        out[k] = float(v / v.dtype.type(counts[k]) if v.dtype.kind == "f" else v / counts[k])
+    return out
+
+
+def _train_epoch(config, method, state, pipeline, epoch, mesh, loop_rng, log):
+    """Run one epoch of `method` (its steps jitted); host syncs only every `log_every_steps`
+    steps and at the end. The step number comes from a host count, not from the state."""
+    pending, sums, counts, count = [], {}, {}, 0
     first = int(state.step)
-    for batch in pipeline.train_batches(epoch, with_val=needs_val):
+    for batch in pipeline.train_batches(epoch, with_val=method.needs_val):
         batch = sharding.shard_batch(batch, mesh)
-        state, metrics = step_fn(state, batch, loop_rng, frozen)  # folds in state.step.
+        step_fn = method.step_for(first + count)
+        state, metrics = step_fn(state, batch, loop_rng, method.frozen)  # folds in state.step.
         pending.append(metrics["loss"])
-        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+        for k, v in metrics.items():
+            sums[k] = v if k not in sums else jnp.add(sums[k], v)
+            counts[k] = counts.get(k, 0) + 1
         count += 1
         if len(pending) == config.log_every_steps:
             _check_finite(pending, first + count - len(pending))
-            log.write("train", first + count,
-                      jax.device_get(jax.tree.map(lambda x: x / count, sums)), epoch=epoch)
+            log.write("train", first + count, _means(sums, counts), epoch=epoch)
             pending = []
     if pending:
         _check_finite(pending, first + count - len(pending))
-    means = jax.device_get(jax.tree.map(lambda x: x / count, sums))
-    return state, {k: float(v) for k, v in means.items()}
+    return state, _means(sums, counts)

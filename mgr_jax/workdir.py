@@ -42,11 +42,23 @@ def flatten(d, prefix=""):
     return out
 
 
+# Fields added after runs were already being saved, with the value that keeps the old
+# behaviour: a saved config without one of them matches a config that has it at this value.
+LATER_FIELDS = {"mps.finder_optimizer": "adam", "mps.finder_b1": 0.9, "mps.finder_b2": 0.999,
+                "mps.normalize_hypergrad": False, "mps.finder_warmup_steps": 0,
+                "mps.update_every": 1, "mps.log_meta_descent": False}
+
+
 def config_differences(saved, current, resumable=RESUMABLE_CHANGES):
-    """Keys whose values differ between two config dicts (ignoring `resumable` ones)."""
+    """Keys whose values differ between two config dicts (ignoring `resumable` ones, and
+    `LATER_FIELDS` that the saved config predates and the current one has at their value)."""
     a, b = flatten(saved), flatten(current)
     keys = sorted(set(a) | set(b))
-    return [k for k in keys if k not in resumable
+
+    def predates(k):
+        return k not in a and k in LATER_FIELDS and json.dumps(b.get(k)) == json.dumps(
+            LATER_FIELDS[k])
+    return [k for k in keys if k not in resumable and not predates(k)
             and json.dumps(a.get(k)) != json.dumps(b.get(k))]
 
 

@@ -274,7 +274,7 @@ class HalfPrecisionCNN(nn.Module):
 def test_bfloat16_compute_meets_finite_difference():
     """A dtype field: the FD hypergradient's L_syn runs on a float32 twin. Without one: a
     one-line warning. Exact, or float32 compute: neither."""
-    twin = methods._finite_difference_classifier(
+    twin = methods.finite_difference_classifier(
         contract.Classifier(PlainCNN(dtype=jnp.bfloat16), input_shape=SHAPE, train_kwarg=None),
         methods.MPSSettings(hypergradient="finite_difference"),
         *contract.Classifier(PlainCNN(dtype=jnp.bfloat16), input_shape=SHAPE,

@@ -11,31 +11,48 @@ from mgr_jax import classifier, hypergrad, losses, synthetic, train
 from mgr_jax.config_lib import METHODS
 from tests.helpers import tiny_config
 
+# Every test here runs ResNet-10 with one augmentation op and lambda 0.3: the programs the
+# tests compile stay small, and tests of one method and setting share one compiled step.
+SMALL = {"generator.kind": "random", "generator.resolution": 8, "model.arch": "resnet10",
+         "augment.num_ops": 1, "lambda_": 0.3}
+
 
 def _setup(method, **overrides):
-    config = tiny_config(method=method, **{"generator.kind": "random",
-                                           "generator.resolution": 8, **overrides})
+    config = tiny_config(method=method, **{**SMALL, **overrides})
     pipeline, model, m, state, rng = train.setup(config)
     batch = next(pipeline.train_batches(1, with_val=m.needs_val))
     return config, model, m, state, rng, batch
 
 
 @functools.lru_cache(maxsize=None)
-def _first_step_cached(method, overrides):
+def _compiled_cached(method, overrides):
     config, model, m, state0, rng, batch = _setup(method, **dict(overrides))
-    state1, metrics = jax.jit(m.train_step)(state0, batch, rng, m.frozen)
+    return config, model, m, state0, rng, batch, jax.jit(m.train_step)
+
+
+def _compiled(method, **overrides):
+    """_setup and its jitted step, shared by the tests of one config (one compile)."""
+    return _compiled_cached(method, tuple(sorted(overrides.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _first_step_cached(method, overrides):
+    config, model, m, state0, rng, batch, step = _compiled_cached(method, overrides)
+    state1, metrics = step(state0, batch, rng, m.frozen)
     return config, model, m, state0, rng, batch, state1, metrics
 
 
 def _first_step(method, **overrides):
-    """_setup and one jitted step from it, shared by the tests of one config (one compile)."""
+    """One jitted step from _setup, shared by the tests of one config."""
     return _first_step_cached(method, tuple(sorted(overrides.items())))
 
 
-@pytest.mark.parametrize("method", METHODS)
+# ResNet-10 with BatchNorm: base and mgr (whose step the tests below share) in the default run;
+# test_library_api's every-method test covers the same step of each method on a small model.
+@pytest.mark.parametrize("method", [m if m in ("base", "mgr") else pytest.param(
+    m, marks=pytest.mark.slow) for m in METHODS])
 def test_each_method_lowers_its_loss_on_a_fixed_batch(method):
-    _, _, m, state, rng, batch = _setup(method, **{"lambda_": 0.3})
-    step = jax.jit(m.train_step)
+    _, _, m, state, rng, batch, step = _compiled(method)
     history = []
     for _ in range(6):
         state, metrics = step(state, batch, rng, m.frozen)
@@ -43,6 +60,10 @@ def test_each_method_lowers_its_loss_on_a_fixed_batch(method):
     assert all(np.isfinite(h["loss"]) for h in history)
     assert history[-1]["loss"] < history[0]["loss"]
     assert history[-1]["accuracy"] >= history[0]["accuracy"]
+
+
+def _aug(config):
+    return {"num_ops": config.augment.num_ops, "max_magnitude": config.augment.max_magnitude}
 
 
 def _replay_draws(config, rng):
@@ -64,7 +85,8 @@ def _replay_objective(config, model, state0, batch, rng):
         logits, _, _ = classifier.classifier_forward(model, params, state0.batch_stats,
                                                 batch["image"], True)
         x01 = synthetic.synthesize(gen, gen.params, Finder().apply(phi, z), y, 8)
-        syn = synthetic.synthetic_loss("pcr", model, params, state0.batch_stats, x01, y, k_aug)
+        syn = synthetic.synthetic_loss("pcr", model, params, state0.batch_stats, x01, y, k_aug,
+                                       aug_config=_aug(config))
         return losses.cross_entropy(logits, batch["label"]) + config.lambda_ * syn
     return objective, z
 
@@ -86,8 +108,9 @@ def test_mps_step_touches_stats_and_optimiser_only_through_the_real_step():
 
     # Rebuild the step's draws and the real-step gradient independently.
     real_objective, _ = _replay_objective(config, model, state0, batch, rng)
-    want = jax.grad(real_objective)(state0.params, phi1)
-    stale = jax.grad(real_objective)(state0.params, phi0)
+    real_grad = jax.jit(jax.grad(real_objective))  # one compile for both finders
+    want = real_grad(state0.params, phi1)
+    stale = real_grad(state0.params, phi0)
     trace = optax.tree_utils.tree_get(state1.opt_state, "trace")  # = grads after one step.
 
     def dist(a, b):
@@ -104,7 +127,10 @@ def _dist(a, b):
                                                                     jax.tree.leaves(b)))))
 
 
-@pytest.mark.parametrize("kind,rtol", [("exact", 1e-4), ("finite_difference", 2e-2)])
+# The finite-difference variant is slow: test_library_api runs the same check of the FD step
+# with a small user model, and test_mps_diagnostics its convergence to the exact hypergradient.
+@pytest.mark.parametrize("kind,rtol", [("exact", 1e-4), pytest.param(
+    "finite_difference", 2e-2, marks=pytest.mark.slow)])
 def test_mps_hypergradient_is_the_meta_gradient_of_the_whole_objective(kind, rtol):
     """The step's image-space hypergradient pulled back through G equals the generic
     `hypergrad.meta_gradient` of CE_val(theta') w.r.t. phi, with L_syn a function of phi."""
@@ -122,8 +148,8 @@ def test_mps_hypergradient_is_the_meta_gradient_of_the_whole_objective(kind, rto
         return losses.cross_entropy(logits, batch["val_label"])
 
     phi0 = state0.meta["params"]
-    want = hypergrad.meta_gradient(inner, outer, state0.params, phi0, metrics["lr"], kind,
-                                   config.mps.fd_eps)
+    want = jax.jit(lambda theta, phi, lr: hypergrad.meta_gradient(
+        inner, outer, theta, phi, lr, kind, config.mps.fd_eps))(state0.params, phi0, metrics["lr"])
     from mgr_jax.finder import Finder
     g_kl = jax.grad(lambda p: losses.kl_penalty(Finder().apply(p, z)))(phi0)
     want = jax.tree.map(lambda a, b: a + config.mps.kl_weight * b, want, g_kl)
@@ -134,9 +160,8 @@ def test_mps_hypergradient_is_the_meta_gradient_of_the_whole_objective(kind, rto
 def test_finder_without_meta_learning_ascends_its_loss(update, loss_kind):
     """Table 7: the MGR classifier keeps PCR, the finder takes Adam's step along
     +lambda grad_phi of CE (the paper's "w/ CE") or PCR of the classifier on x_p(phi)."""
-    config, model, m, state0, rng, batch = _setup("mgr", **{"mps.finder_update": update,
-                                                            "mps.kl_weight": 0.0})
-    state1, _ = jax.jit(m.train_step)(state0, batch, rng, m.frozen)
+    config, model, m, state0, rng, batch, state1, _ = _first_step(
+        "mgr", **{"mps.finder_update": update, "mps.kl_weight": 0.0})
     got = jax.tree.map(lambda mu: mu / 0.1, optax.tree_utils.tree_get(state1.meta["opt"], "mu"))
 
     from mgr_jax.finder import Finder
@@ -145,29 +170,32 @@ def test_finder_without_meta_learning_ascends_its_loss(update, loss_kind):
     def finder_objective(phi):
         x01 = synthetic.synthesize(gen, gen.params, Finder().apply(phi, z), y, 8)
         return config.lambda_ * synthetic.synthetic_loss(loss_kind, model, state0.params,
-                                                         state0.batch_stats, x01, y, k_aug)
-    want = jax.tree.map(jnp.negative, jax.grad(finder_objective)(state0.meta["params"]))
+                                                         state0.batch_stats, x01, y, k_aug,
+                                                         aug_config=_aug(config))
+    want = jax.tree.map(jnp.negative, jax.jit(jax.grad(finder_objective))(state0.meta["params"]))
     assert _dist(got, want) < 1e-4 * _dist(want, jax.tree.map(jnp.zeros_like, want))
 
 
+# The max_pcr / max_ce variants share their compiled step with the test above; the other two
+# are slow here: test_mps_diagnostics runs all four on a small model.
 @pytest.mark.parametrize("overrides,moves", [
-    ({"mps.meta_target": "generator"}, "generator"),
-    ({"mps.finder_update": "max_pcr"}, "finder"),
-    ({"mps.finder_update": "max_ce"}, "finder"),
-    ({"mps.hypergradient": "finite_difference", "finder.arch": "linear"}, "finder"),
+    pytest.param({"mps.meta_target": "generator"}, "generator", marks=pytest.mark.slow),
+    ({"mps.finder_update": "max_pcr", "mps.kl_weight": 0.0}, "finder"),
+    ({"mps.finder_update": "max_ce", "mps.kl_weight": 0.0}, "finder"),
+    pytest.param({"mps.hypergradient": "finite_difference", "finder.arch": "linear"}, "finder",
+                 marks=pytest.mark.slow),
 ])
 def test_mps_ablations_update_what_they_say(overrides, moves):
-    _, _, m, state0, rng, batch = _setup("mgr", **overrides)
-    state1, metrics = jax.jit(m.train_step)(state0, batch, rng, m.frozen)
+    _, _, m, state0, rng, batch, state1, metrics = _first_step("mgr", **overrides)
     assert np.isfinite(metrics["loss"])
     before, after = jax.tree.leaves(state0.meta["params"]), jax.tree.leaves(state1.meta["params"])
     assert any(not np.array_equal(a, b) for a, b in zip(before, after))
     assert m.frozen == ({} if moves == "generator" else m.frozen)
 
 
+@pytest.mark.slow  # test_mps_diagnostics checks the logged cosine and norm ratio (against 1)
 def test_hypergradient_cosine_is_logged_on_request():
-    _, _, m, state, rng, batch = _setup("mgr", **{"mps.log_hypergrad_cosine": True})
-    _, metrics = jax.jit(m.train_step)(state, batch, rng, m.frozen)
+    *_, metrics = _first_step("mgr", **{"mps.log_hypergrad_cosine": True})
     assert -1.0 <= float(metrics["hypergrad_cosine"]) <= 1.0
     assert float(metrics["hypergrad_norm_ratio"]) > 0
 

@@ -28,6 +28,7 @@ from mgr_jax import workdir as workdir_lib
 from mgr_jax.data import datasets
 from mgr_jax.data.datasets import dtd, imagefolder
 from mgr_jax.errors import UserError
+from mgr_jax.experiments import runs
 from tests.helpers import tiny_config
 from tests.test_datasets import _image_folder, _jpeg, _tar, _text, make_config
 
@@ -445,3 +446,21 @@ def test_two_concurrent_runs_on_one_workdir(tmp_path):
     # The lock died with its process: the workdir can be locked again.
     with workdir_lib.RunLock(workdir, json.load(open(os.path.join(workdir, "config.json")))):
         pass
+
+
+def test_a_run_saved_before_later_fields_resumes_and_keeps_its_name(tmp_path):
+    """A config.json written before the finder-optimiser fields existed matches today's
+    config when those fields keep their old behaviour, and not when one is changed."""
+    config = tiny_config(method="mgr")
+    saved = config_lib.to_dict(config)
+    for key in workdir_lib.LATER_FIELDS:
+        del saved["mps"][key.split(".")[1]]
+    checkpoints.write_config(str(tmp_path), saved)
+    checkpoints.check_workdir_config(str(tmp_path), config_lib.to_dict(config))  # resumes
+    changed = tiny_config(method="mgr", **{"mps.update_every": 4})
+    with pytest.raises(UserError, match=r"mps.update_every \(None -> 4\)"):
+        checkpoints.check_workdir_config(str(tmp_path), config_lib.to_dict(changed))
+    # The run's name (its results pool key) is what it was before the fields existed.
+    old = ml_collections.ConfigDict(saved)
+    assert runs.config_hash(config) == runs.config_hash(old)
+    assert runs.config_hash(changed) != runs.config_hash(old)

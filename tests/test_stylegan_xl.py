@@ -494,6 +494,10 @@ def _image_folder(root, num_classes, per_class=16, size=12):
             Image.fromarray(pixels).save(os.path.join(root, f"class_{c}", f"{i:02d}.png"))
 
 
+# Slow: the main job with a generator kind is covered quickly by test_generator_kinds
+# (stylegan2_ada), and what differs for StyleGAN-XL (its loading, samples against the fixture,
+# the derivative in z) by the tests above.
+@pytest.mark.slow
 def test_main_job_trains_mgr_with_the_original_snapshot(tmp_path):
     _need_fixtures()
     assert "stylegan_xl" in generators.KINDS

@@ -27,6 +27,7 @@ import os
 import weakref
 
 import grain
+
 try:  # grain internals (may move between releases): only used to flush shared memory at exit
     from grain._src.python.ipc import shared_memory_array
 except ImportError:

@@ -24,6 +24,7 @@ import ml_collections
 from mgr_jax import checkpoints, config_lib, methods, train
 from mgr_jax.errors import TrainingDiverged
 from mgr_jax.files import read_json, write_json
+from mgr_jax.workdir import LATER_FIELDS
 
 # The training methods that sample latents with MPS, in config_lib.METHODS order.
 MPS_METHODS = tuple(m for m in config_lib.METHODS
@@ -79,7 +80,8 @@ def derive(base, overrides=None, seed=None, lambda_map=None):
 
 def config_hash(config):
     """Ten hex digits identifying everything in `config` that can change a run's results."""
-    flat = {k: v for k, v in flatten(config).items() if _in_name(k)}
+    flat = {k: v for k, v in flatten(config).items() if _in_name(k) and not (
+        k in LATER_FIELDS and json.dumps(v) == json.dumps(LATER_FIELDS[k]))}  # older runs' hash
     return hashlib.sha1(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:10]
 
 

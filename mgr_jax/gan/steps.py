@@ -107,12 +107,18 @@ def create_optimizers(config):
 
 
 def create_state(config, G, D, g_tx, d_tx):
-    """Initial GANState from config.seed (numpy draws: no XLA init compile)."""
+    """Initial GANState from config.seed (numpy draws: no XLA init compile).
+
+    Committed to the first device, as the steps' outputs and a restored checkpoint are: a jit
+    compiles again for arguments that differ only in being committed, so a fresh state would
+    cost each step one more compilation on its second call and on every resume.
+    """
     g_vars = stylegan2.random_variables(G, config.seed)
     d_params = discriminator_variables(D, config.seed + 1)
-    return GANState(step=jnp.zeros((), jnp.int32), g_vars=g_vars, d_params=d_params,
-                    g_opt=g_tx.init(g_vars["params"]), d_opt=d_tx.init(d_params),
-                    ema=jax.tree.map(jnp.array, g_vars), pl_mean=jnp.zeros((), jnp.float32))
+    state = GANState(step=jnp.zeros((), jnp.int32), g_vars=g_vars, d_params=d_params,
+                     g_opt=g_tx.init(g_vars["params"]), d_opt=d_tx.init(d_params),
+                     ema=jax.tree.map(jnp.array, g_vars), pl_mean=jnp.zeros((), jnp.float32))
+    return jax.device_put(state, jax.devices()[0])
 
 
 # ----------------------------------------------------------------------------- losses
