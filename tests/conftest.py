@@ -15,6 +15,19 @@ def fixtures_dir():
     return FIXTURES
 
 
+# The longest files first (pytest-xdist gives each worker whole files, in this order): the
+# last files to start are then short ones and the workers finish together.
+LONGEST_FIRST = ("test_sharding.py", "test_methods.py", "test_gan.py", "test_library_api.py",
+                 "test_generator_kinds.py", "test_experiments.py", "test_mps_diagnostics.py",
+                 "test_edm.py", "test_resnet.py", "test_run_hardening.py", "test_stylegan2.py",
+                 "test_train.py", "test_stylegan_xl.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
+
 def pytest_configure(config):
     """One persistent compilation cache per test session: tests that build the same program
     (the same config's step, the same reference computation) compile it once."""
