@@ -47,16 +47,24 @@ def _check_finite(losses_so_far, first_step):
         raise TrainingDiverged(first_step + int(bad[0]))
 
 
-def setup(config, mesh=None):
+def setup(config, mesh=None, model=None):
     """(pipeline, model, method, initial state, loop key) for a config; writes nothing.
 
     With a `mesh`, the state is replicated over it and synthetic batches are split over it.
+    `model` (a Flax module following `contract`, built for the dataset's classes) replaces
+    the config's ResNet; `config.model.init_checkpoint` must then be empty.
     """
     if mesh is not None:
         sharding.check_divisible(config, mesh)
     pipeline = loader.create_pipeline(config)
-    model = create_model(config, pipeline.num_classes)
-    init_variables = pretrained.load_init_checkpoint(config, model, pipeline.num_classes)
+    if model is None:
+        model = create_model(config, pipeline.num_classes)
+        init_variables = pretrained.load_init_checkpoint(config, model, pipeline.num_classes)
+    elif config.model.init_checkpoint:
+        raise UserError("model.init_checkpoint is for the config's ResNet; leave it empty "
+                        "when setup is given its own model")
+    else:
+        init_variables = None
     lr_fn = create_learning_rate_fn(config, pipeline.steps_per_epoch)
     tx = create_optimizer(config, lr_fn)
     method = methods.build(config, model=model, tx=tx, learning_rate_fn=lr_fn,

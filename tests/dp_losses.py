@@ -8,18 +8,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from mgr_jax import sharding, train  # noqa: E402
-from tests.helpers import tiny_config  # noqa: E402
+from tests.helpers import one_stage_resnet, tiny_config  # noqa: E402
 
 
 def losses_for(method, steps=3):
     # A small lr and lambda keep the first steps far from chaotic, so float reassociation
     # across devices stays at round-off size instead of being amplified step after step.
-    # ResNet-10 and one augmentation op: the same sharded step, a smaller program to compile.
+    # A one-stage ResNet (BatchNorm over the global batch) and one augmentation op: the same
+    # sharded step, a smaller program to compile.
     config = tiny_config(method=method, **{"generator.kind": "random", "generator.resolution": 8,
                                            "lambda_": 0.1, "optimizer.lr": 0.005,
-                                           "model.arch": "resnet10", "augment.num_ops": 1})
+                                           "augment.num_ops": 1})
     mesh = sharding.create_mesh()
-    pipeline, _, m, state, rng = train.setup(config, mesh)
+    pipeline, _, m, state, rng = train.setup(config, mesh, model=one_stage_resnet(config))
     step = jax.jit(m.train_step, donate_argnums=(0,),
                    out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)))
     out = []

@@ -9,17 +9,18 @@ import pytest
 
 from mgr_jax import classifier, hypergrad, losses, synthetic, train
 from mgr_jax.config_lib import METHODS
-from tests.helpers import tiny_config
+from tests.helpers import one_stage_resnet, tiny_config
 
-# Every test here runs ResNet-10 with one augmentation op and lambda 0.3: the programs the
-# tests compile stay small, and tests of one method and setting share one compiled step.
-SMALL = {"generator.kind": "random", "generator.resolution": 8, "model.arch": "resnet10",
-         "augment.num_ops": 1, "lambda_": 0.3}
+# Every test here runs a one-stage ResNet (stem and one basic block, BatchNorm) with one
+# augmentation op and lambda 0.3: the programs the tests compile stay small, and tests of one
+# method and setting share one compiled step.
+SMALL = {"generator.kind": "random", "generator.resolution": 8, "augment.num_ops": 1,
+         "lambda_": 0.3}
 
 
 def _setup(method, **overrides):
     config = tiny_config(method=method, **{**SMALL, **overrides})
-    pipeline, model, m, state, rng = train.setup(config)
+    pipeline, model, m, state, rng = train.setup(config, model=one_stage_resnet(config))
     batch = next(pipeline.train_batches(1, with_val=m.needs_val))
     return config, model, m, state, rng, batch
 
@@ -47,7 +48,7 @@ def _first_step(method, **overrides):
     return _first_step_cached(method, tuple(sorted(overrides.items())))
 
 
-# ResNet-10 with BatchNorm: base and mgr (whose step the tests below share) in the default run;
+# The one-stage ResNet with BatchNorm: base and mgr (whose step the tests below share) in the default run;
 # test_library_api's every-method test covers the same step of each method on a small model.
 @pytest.mark.parametrize("method", [m if m in ("base", "mgr") else pytest.param(
     m, marks=pytest.mark.slow) for m in METHODS])
