@@ -6,7 +6,8 @@ from mgr_jax.models import resnet
 
 
 def tiny_config(**overrides):
-    """The default config shrunk: base, 8x8 inputs, width 1/8, 30 % of D, 2 epochs."""
+    """The default config shrunk: base, ResNet-10 at width 1/8 on 8x8 inputs, one augmentation
+    op, 30 % of D, 2 epochs."""
     config = default.get_config()
     config.method = "base"
     config.generator.kind = "random"
@@ -17,7 +18,9 @@ def tiny_config(**overrides):
     config.eval_batch_size = 128
     config.data.image_size = 8
     config.data.subset_fraction = 0.3
+    config.model.arch = "resnet10"
     config.model.width = 0.125
+    config.augment.num_ops = 1
     config.optimizer.lr_milestones = (1,)
     config.log_every_steps = 5
     for key, value in overrides.items():
