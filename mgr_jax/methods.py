@@ -401,7 +401,7 @@ def build_method(method, *, model, tx, learning_rate_fn, num_classes, generator=
             feat_dim = features_shape.shape[-1]
 
             def init_meta(rng):
-                aux = ctx.aux_module.init(rng, jnp.zeros((1, feat_dim)))
+                aux = jax.jit(ctx.aux_module.init)(rng, jnp.zeros((1, feat_dim)))
                 return {"aux_head": aux, "aux_opt": tx.init(aux)}
         else:
             init_meta = lambda rng: {}  # noqa: E731
@@ -420,7 +420,7 @@ def build_method(method, *, model, tx, learning_rate_fn, num_classes, generator=
         if mps.meta_target == "generator":
             params = generator.params
         else:
-            params = finder.init(rng, jnp.zeros((1,) + tuple(generator.latent_shape)))
+            params = jax.jit(finder.init)(rng, jnp.zeros((1,) + tuple(generator.latent_shape)))
         return {"params": params, "opt": ctx.meta_tx.init(params)}
     if mps.meta_target == "generator":
         frozen = {}

@@ -33,8 +33,8 @@ class TinyGenerator(nn.Module):
 def load(seed=0, latent_dim=32, num_classes=10, resolution=16):
     """A randomly initialised TinyGenerator behind the generic interface."""
     module = TinyGenerator(latent_dim, num_classes, resolution)
-    params = module.init(jax.random.key(seed), jnp.zeros((1, latent_dim)),
-                         jnp.zeros((1,), jnp.int32))
+    params = jax.jit(module.init)(jax.random.key(seed), jnp.zeros((1, latent_dim)),
+                                  jnp.zeros((1,), jnp.int32))  # jitted: one compile, not one per op
 
     def sample(p, z, labels):
         return module.apply(p, z, labels)
