@@ -1,7 +1,12 @@
 """Small configs that keep the end-to-end tests fast on a 2-core CPU."""
 import functools
+import os
+
+import numpy as np
 
 from configs import default
+from mgr_jax import files
+from mgr_jax.experiments import runs
 from mgr_jax.models import resnet
 
 
@@ -37,3 +42,14 @@ def one_stage_resnet(config, num_classes=10):
     (logits, features) output): the same code paths as ResNet-10, a third of its compile time."""
     return functools.partial(resnet.ResNet, block=resnet.BasicBlock, stage_sizes=(1,))(
         num_classes=num_classes, width=config.model.width, cifar_stem=config.model.cifar_stem)
+
+
+def config_rng(config):
+    """A numpy generator seeded by the config's hash (the fake trainers' numbers)."""
+    return np.random.default_rng(int(runs.config_hash(config), 16))
+
+
+def write_fake_results(workdir, results):
+    """What a finished run leaves for the experiment commands: results.json; returns it."""
+    files.write_json(os.path.join(workdir, "results.json"), results)
+    return results

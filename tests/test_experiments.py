@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from mgr_jax import checkpoints, config_lib, files, train
+from mgr_jax import checkpoints, config_lib, train
 from mgr_jax.experiments import (
     ablation_finder,
     ablation_update,
@@ -32,7 +32,7 @@ from mgr_jax.experiments import (
     tables,
 )
 from mgr_jax.experiments.probe import Probe
-from tests.helpers import tiny_config
+from tests.helpers import config_rng, tiny_config, write_fake_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"num_epochs": 1, "generator.kind": "random", "generator.resolution": 8}
@@ -90,13 +90,11 @@ class FakeTrainer:
             ckpt.close()
         if last < config.num_epochs:
             return None
-        results = self.numbers(config)
-        files.write_json(os.path.join(workdir, "results.json"), results)
-        return results
+        return write_fake_results(workdir, self.numbers(config))
 
     @staticmethod
     def numbers(config):
-        rng = np.random.default_rng(int(runs.config_hash(config), 16))
+        rng = config_rng(config)
         sps = 1.0 if config.mps.hypergradient == "exact" else 1.25
         if config.mps.log_hypergrad_cosine:
             sps = 0.5

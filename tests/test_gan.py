@@ -31,7 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_gan_config(**overrides):
-    """The digits generator config shrunk: 8x8, channels <= 16, batch 8, 8 iterations."""
+    """The digits generator config shrunk: 8x8, channels <= 16, batch 8, 8 iterations, a
+    ResNet-10 metric classifier trained for one epoch."""
     c = digits_config.get_config()
     c.total_kimg = 0.064  # 8 iterations of 8
     c.batch_size = 8
@@ -47,6 +48,8 @@ def tiny_gan_config(**overrides):
     c.log_every_kimg = 0.016
     c.snapshot_every_kimg = 0.032
     c.metric.classifier_num_epochs = 1
+    c.metric.classifier.model.arch = "resnet10"
+    c.metric.classifier.augment.num_ops = 1
     c.metric.classifier_width = 0.125
     c.metric.num_samples = 40
     c.samples.cols = 3

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from mgr_jax import classifier, contract, hypergrad, losses, methods, synthetic
+from mgr_jax import classifier, contract, hypergrad, losses, methods, synthetic, train
 from mgr_jax.config_lib import METHODS
 from mgr_jax.errors import UserError
 from mgr_jax.finder import Finder
@@ -169,6 +169,12 @@ def test_example_trains_the_users_cnn_with_both_hypergradients():
 
 
 # --- refusals -------------------------------------------------------------------------------
+
+def test_setup_with_its_own_model_refuses_the_configs_resnet_weights():
+    config = tiny_config(**{"model.init_checkpoint": "/some/resnet18_weights"})
+    with pytest.raises(UserError, match="model.init_checkpoint is for the config's ResNet"):
+        train.setup(config, model=PlainCNN())
+
 
 def test_bad_method_settings_are_refused_when_the_method_is_built():
     with pytest.raises(methods.SettingError, match="mps.hypergradient='foo'"):

@@ -11,8 +11,8 @@ from scipy import stats as scipy_stats
 
 from mgr_jax import config_lib, files
 from mgr_jax.errors import UserError
-from mgr_jax.experiments import cli, paired, runs, stats, sweep_finder, tables
-from tests.helpers import tiny_config
+from mgr_jax.experiments import cli, paired, stats, sweep_finder, tables
+from tests.helpers import config_rng, tiny_config, write_fake_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Five seeds' test top-1 of two arms; d = b - a = [1, 0.5, 1, 0, 1.5].
@@ -98,13 +98,11 @@ class FileTrainer:
                     record.update(meta_descended=0.75, meta_descent=-1e-4 * epoch,
                                   latent_displacement=0.1 * epoch * config.mps.finder_lr / 1e-4)
                 f.write(json.dumps(record) + "\n")
-        results = self.numbers(config)
-        files.write_json(os.path.join(workdir, "results.json"), results)
-        return results
+        return write_fake_results(workdir, self.numbers(config))
 
     @staticmethod
     def numbers(config):
-        rng = np.random.default_rng(int(runs.config_hash(config), 16))
+        rng = config_rng(config)
         k = config.mps.update_every
         test = 90.0 + 0.1 * config.seed
         if config.method == "mgr":
