@@ -17,10 +17,10 @@ def fixtures_dir():
 
 # The longest files first (pytest-xdist gives each worker whole files, in this order): the
 # last files to start are then short ones and the workers finish together.
-LONGEST_FIRST = ("test_sharding.py", "test_methods.py", "test_gan.py", "test_library_api.py",
-                 "test_generator_kinds.py", "test_experiments.py", "test_mps_diagnostics.py",
-                 "test_edm.py", "test_resnet.py", "test_run_hardening.py", "test_stylegan2.py",
-                 "test_train.py", "test_stylegan_xl.py")
+LONGEST_FIRST = ("test_gan.py", "test_generator_kinds.py", "test_edm.py", "test_library_api.py",
+                 "test_experiments.py", "test_mps_diagnostics.py", "test_methods.py",
+                 "test_run_hardening.py", "test_sharding.py", "test_stylegan_xl.py",
+                 "test_train.py", "test_stylegan2.py", "test_resnet.py")
 
 
 def pytest_collection_modifyitems(config, items):

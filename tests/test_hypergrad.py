@@ -65,8 +65,10 @@ def test_exact_matches_central_differences_of_the_unrolled_objective():
         theta = jax.tree.map(lambda a: a.astype(jnp.float64), theta)
         phi = jax.tree.map(lambda a: a.astype(jnp.float64), phi)
         eta = 0.3
-        got = hypergrad.meta_gradient(inner, outer, theta, phi, eta, method="exact")["s"]
+        got = jax.jit(lambda t, p: hypergrad.meta_gradient(inner, outer, t, p, eta,
+                                                           method="exact"))(theta, phi)["s"]
 
+        @jax.jit  # eagerly every operation compiles alone
         def unrolled(s):
             return outer(hypergrad.virtual_step(inner, theta, {"s": s}, eta))
         h = 1e-5
@@ -100,9 +102,11 @@ def test_mixed_form_equals_the_generic_exact_hypergradient():
         return jnp.sum(jnp.sin(t["w1"])) + jnp.sum(t["w2"] ** 2)
 
     full = lambda t, p: phi_free(t) + inner(t, p)  # noqa: E731
-    generic = hypergrad.meta_gradient(full, outer, theta, phi, eta, method="exact")
-    v = jax.grad(outer)(hypergrad.virtual_step(full, theta, phi, eta))
-    mixed = hypergrad.mixed_hypergradient(inner, theta, phi, v, eta)
+    generic = jax.jit(lambda t, p: hypergrad.meta_gradient(full, outer, t, p, eta,
+                                                           method="exact"))(theta, phi)
+    v = jax.jit(lambda t, p: jax.grad(outer)(hypergrad.virtual_step(full, t, p, eta)))(theta, phi)
+    mixed = jax.jit(lambda t, p, v: hypergrad.mixed_hypergradient(inner, t, p, v, eta))(
+        theta, phi, v)
     np.testing.assert_allclose(mixed["s"], generic["s"], rtol=1e-4, atol=1e-7)
 
 
