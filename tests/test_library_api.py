@@ -157,12 +157,16 @@ def test_mps_step_with_the_users_model_is_the_meta_gradient_of_the_whole_objecti
     assert _dist(got, want) < rtol * _dist(want, jax.tree.map(jnp.zeros_like, want))
 
 
-def test_example_trains_the_users_cnn_with_both_hypergradients():
+# Both hypergradients are slow: the example's loop is the same for each, and the FD step on a
+# user's model is checked against meta_gradient above.
+@pytest.mark.parametrize("hypergradients", ["exact", pytest.param(
+    "exact,finite_difference", marks=pytest.mark.slow)])
+def test_example_trains_the_users_cnn_with_both_hypergradients(hypergradients):
     from examples import own_cnn
     # The tiny random generator (the shipped one's loading is tested with each generator kind).
     results = own_cnn.main(["--steps", "3", "--batch_size", "8", "--augment_ops", "1",
-                            "--generator", "random"])
-    assert [r["hypergradient"] for r in results] == ["exact", "finite_difference"]
+                            "--generator", "random", "--hypergradients", hypergradients])
+    assert [r["hypergradient"] for r in results] == hypergradients.split(",")
     for r in results:
         assert np.isfinite(r["last_loss"]) and np.isfinite(r["last_meta_loss"])
         assert 0.0 <= r["test_top1"] <= 100.0

@@ -30,7 +30,7 @@ def test_outputs_logits_and_pooled_features(arch, feat):
 
 
 def test_features_are_global_average_pool_and_logits_linear_in_them():
-    model = resnet.create_model("resnet18", num_classes=3, width=0.125, cifar_stem=True)
+    model = resnet.create_model("resnet10", num_classes=3, width=0.125, cifar_stem=True)
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
     v = jax.jit(model.init)(jax.random.key(0), x)  # jitted: eagerly, every op compiles alone
     logits, feats = jax.jit(model.apply)(v, x)
