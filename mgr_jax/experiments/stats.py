@@ -12,6 +12,8 @@ import math
 import numpy as np
 from scipy import stats as scipy_stats
 
+from mgr_jax.experiments import tables
+
 # Up to this many non-zero differences the Wilcoxon p-value is exact (all 2^n sign patterns).
 EXACT_WILCOXON_MAX_N = 25
 
@@ -56,12 +58,8 @@ def _finite(values):
 
 
 def summarize(values):
-    """Summary of the finite values."""
-    v = _finite(values)
-    if v.size == 0:
-        return Summary(math.nan, math.nan, 0)
-    std = float(np.std(v, ddof=1)) if v.size > 1 else math.nan
-    return Summary(float(np.mean(v)), std, int(v.size))
+    """Summary of the finite values (`tables.mean_std`)."""
+    return Summary(*tables.mean_std(values))
 
 
 def t_interval(diffs, confidence=0.95):

@@ -26,7 +26,7 @@ from absl import flags
 
 from mgr_jax import config_lib
 from mgr_jax.errors import UserError
-from mgr_jax.experiments import cli, runs, tables
+from mgr_jax.experiments import cli, runs, sweep_lambda, tables
 from mgr_jax.files import read_json, write_json
 
 DEFAULT_SEEDS = "0"
@@ -129,11 +129,7 @@ def diagnostics(job):
 
 def choose(val_by_setting):
     """Index of the best mean validation top-1 (NaN skipped; ties: the earliest); None."""
-    finite = [(v, i) for i, v in enumerate(val_by_setting) if math.isfinite(v)]
-    if not finite:
-        return None
-    best = max(v for v, _ in finite)
-    return min(i for v, i in finite if v == best)
+    return sweep_lambda.choose_lambda(dict(enumerate(val_by_setting)))
 
 
 def _write_runs(path, jobs):
