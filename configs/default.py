@@ -157,6 +157,8 @@ def get_config():
     config.distributed.coordinator_address = ""
     config.distributed.num_processes = 1
     config.distributed.process_id = 0
+    # Seconds to wait for every process to join (then one line naming those missing).
+    config.distributed.timeout_s = 300
 
     config.log_every_steps = 50
     # Where checkpoints keep the best-validation epoch besides the latest one.

@@ -6,12 +6,17 @@ A damaged checkpoint is never a traceback: `RunCheckpoints.resume` reports it in
 moves it to `checkpoints/damaged/` and resumes from the newest good one (the best-validation
 checkpoint or an earlier epoch), or says that there is none. config.json and the workdir's
 lock are `mgr_jax.workdir`'s.
+
+With several processes (a multi-host run) every process calls the same methods: orbax saves
+collectively, the two managers have barriers of their own names (they save the same step back
+to back), every process agrees on whether a checkpoint restored (`multihost.all_ok`), and
+process 0 alone moves a damaged one aside while the others wait for it.
 """
 import os
 
 import orbax.checkpoint as ocp
 
-from mgr_jax import files
+from mgr_jax import files, multihost
 from mgr_jax import workdir as workdir_lib
 from mgr_jax.errors import UserError
 
@@ -47,10 +52,17 @@ class RunCheckpoints:
 
     def __init__(self, workdir, keep_best=True):
         self.root = os.path.join(os.path.abspath(workdir), "checkpoints")
-        opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-        self.latest = ocp.CheckpointManager(os.path.join(self.root, "latest"), options=opts)
-        self.best = ocp.CheckpointManager(os.path.join(self.root, "best"), options=opts) \
-            if keep_best else None
+        self.latest = self._open("latest")
+        self.best = self._open("best") if keep_best else None
+
+    def _open(self, which):
+        opts = ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True,
+            # distinct barrier names: the two managers save the same step back to back, and
+            # shared names hang a multi-process run.
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=f"mgr_jax_{which}"))
+        return ocp.CheckpointManager(os.path.join(self.root, which), options=opts)
 
     def save(self, epoch, state, loop, is_best):
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -102,16 +114,26 @@ class RunCheckpoints:
         """
         damaged = []
         for which, step in self._candidates():
+            why = None
             try:
                 state, loop = self._restore(self._manager(which), step, abstract_state)
             except Exception as e:  # noqa: BLE001 (orbax / tensorstore raise many kinds)
-                damaged.append((which, step, _reason(e)))
+                why = _reason(e)
+            failed = multihost.all_ok(why is None)
+            if failed:
+                damaged.append((which, step, why or f"it did not restore on process(es) "
+                                                   f"{failed}"))
                 continue
             for bad_which, bad_step, why in damaged:
-                moved = self._set_aside(bad_which, bad_step)
-                report(f"warning: checkpoint {self.path(bad_which, bad_step)} is damaged "
-                       f"({why}); moved to {moved}; resuming from {self.path(which, step)} "
-                       f"(epoch {loop['epoch']})")
+                if multihost.is_primary():
+                    moved = self._set_aside(bad_which, bad_step)
+                    report(f"warning: checkpoint {self.path(bad_which, bad_step)} is damaged "
+                           f"({why}); moved to {moved}; resuming from {self.path(which, step)} "
+                           f"(epoch {loop['epoch']})")
+            if damaged:
+                multihost.barrier("mgr_jax_damaged_moved")
+                for manager in {self._manager(w) for w, _, _ in damaged}:
+                    manager.reload()
             return state, loop, (which, step)
         if damaged:
             which, step, why = damaged[0]
@@ -129,7 +151,6 @@ class RunCheckpoints:
             n += 1
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.rename(self.path(which, step), target)
-        self._manager(which).reload()
         return target
 
     def close(self):

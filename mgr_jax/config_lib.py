@@ -163,6 +163,7 @@ SCHEMA = {
         "coordinator_address": Field("str"),
         "num_processes": POSITIVE_INT,
         "process_id": NON_NEGATIVE_INT,
+        "timeout_s": POSITIVE_INT,
     },
     "log_every_steps": POSITIVE_INT,
     "keep_best_checkpoint": Field("bool"),

@@ -12,7 +12,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mgr_jax import compile_cache, config_lib, sharding, train
+from mgr_jax import compile_cache, config_lib, multihost, train
 from mgr_jax.errors import TrainingDiverged, UserError
 
 FLAGS = flags.FLAGS
@@ -104,7 +104,8 @@ def run(fv=FLAGS):
     try:
         config_lib.validate(fv.config)  # before anything, jax.distributed included
         compile_cache.enable(fv.compilation_cache)
-        sharding.maybe_initialize_distributed(fv.config)
+        multihost.initialize(fv.config, multihost.fingerprint(
+            config_lib.to_dict(fv.config), fv.workdir, fv.max_epochs_this_run))
         train.train_and_evaluate(fv.config, fv.workdir, fv.max_epochs_this_run)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -4,8 +4,9 @@ import os
 from mgr_jax import files
 
 
-def write_results(workdir, config, pipeline, loop):
-    """Write and print results.json for a finished run; returns the dict."""
+def write_results(workdir, config, pipeline, loop, write=True):
+    """Write and print results.json for a finished run (only make the dict with `write=False`:
+    the non-zero processes of a multi-host run); returns the dict."""
     results = {
         "method": config.method,
         "dataset": pipeline.name,
@@ -21,6 +22,8 @@ def write_results(workdir, config, pipeline, loop):
     }
     if "mps" in config:
         results["hypergradient"] = config.mps.hypergradient
+    if not write:
+        return results
     files.write_json(os.path.join(workdir, "results.json"), results)
     print(f"best validation epoch {results['best_epoch']}: val top-1 {results['val_top1']:.2f} %, "
           f"test top-1 {results['test_top1']:.2f} % ({results['wall_clock_s']:.0f} s)", flush=True)

@@ -60,11 +60,16 @@ class RunLog:
 
     keep(record) -> bool says which records already in the file survive a resume: those of
     work that a killed run did not finish are dropped, as it will be done again.
+    `enabled=False` (the non-zero processes of a multi-host run) writes and prints nothing:
+    each record is written once, by process 0.
     """
 
-    def __init__(self, workdir, keep, tensorboard=True):
-        os.makedirs(workdir, exist_ok=True)
+    def __init__(self, workdir, keep, tensorboard=True, enabled=True):
+        self.enabled, self.tb = enabled, None
         self.path = os.path.join(workdir, "metrics.jsonl")
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
         if os.path.exists(self.path):
             records, torn = read_records(self.path)
             if torn:
@@ -82,6 +87,8 @@ class RunLog:
 
     def write(self, kind, step, metrics, **position):
         """One record: {"kind", "step", **position (epoch= or kimg=), **metrics}."""
+        if not self.enabled:
+            return
         record = {"kind": kind, "step": int(step), **position}
         record.update({k: float(v) for k, v in metrics.items()})
         with open(self.path, "a") as f:
@@ -92,6 +99,8 @@ class RunLog:
 
     def epoch_line(self, epoch, num_epochs, train, val_top1, test_top1, steps_per_s,
                    seconds_per_epoch, is_best):
+        if not self.enabled:
+            return
         eta = format_eta((num_epochs - epoch) * seconds_per_epoch)
         test = f"{test_top1:5.1f}{'*' if is_best else ' '}" if test_top1 is not None else "  -   "
         extras = "".join(f"  {k} {v:.3g}" for k, v in train.items()

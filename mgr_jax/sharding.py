@@ -3,9 +3,11 @@
 The batch (real, D_val and synthetic) is split over the mesh axis "data"; classifier params,
 BatchNorm statistics, finder, optimiser states and the generator are replicated. BatchNorm
 normalises with the statistics of the *global* batch (XLA all-reduces the moments), i.e.
-torch's SyncBatchNorm under DDP rather than DDP's default per-device statistics; so a run gives
-the same results on 1 or N devices up to float reassociation (tested), and the running
-statistics need no broadcast from rank 0 as DDP does.
+torch's SyncBatchNorm under DDP rather than DDP's default per-device statistics, and the
+running statistics need no broadcast from rank 0 as DDP does. One step gives the same results
+on 1 or N devices up to float reassociation (tested); over a run those round-off differences
+grow as training amplifies them (README, "Scaling"). N processes with one device each give
+the same bits as one process with N devices (tests/test_multihost.py).
 """
 import jax
 import numpy as np
@@ -15,19 +17,24 @@ from jax.sharding import PartitionSpec as P
 from mgr_jax.errors import UserError
 
 
-def maybe_initialize_distributed(config):
-    """Start jax.distributed when the config (or the cluster environment) asks for it."""
-    dist = config.get("distributed")
-    if dist is not None and dist.enabled:
-        kwargs = {}
-        if dist.coordinator_address:
-            kwargs = dict(coordinator_address=dist.coordinator_address,
-                          num_processes=dist.num_processes, process_id=dist.process_id)
-        jax.distributed.initialize(**kwargs)  # no kwargs: read from SLURM / TPU / env.
-
-
 def create_mesh():
     return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def process_shard(mesh):
+    """(i, n): this process feeds part i of n equal, consecutive parts of every batch.
+
+    The mesh's devices must come process by process, each process with as many devices (as
+    `jax.devices()` orders them), so that a process's rows are one block of the batch.
+    """
+    owners = [d.process_index for d in mesh.devices.flat]
+    processes = sorted(set(owners))
+    per = len(owners) // len(processes)
+    if owners != [p for p in processes for _ in range(per)]:
+        raise UserError(f"the devices of the {len(processes)} processes are not grouped by "
+                        f"process in equal numbers ({owners}); give every host as many "
+                        "devices")
+    return processes.index(jax.process_index()), len(processes)
 
 
 def check_divisible(config, mesh):
@@ -54,15 +61,14 @@ def replicate(tree, mesh):
 def shard_batch(batch, mesh):
     """Global arrays split over "data" from a batch dict of numpy arrays.
 
-    Every host's pipeline yields the global batch; each host contributes its own rows.
+    Each process's pipeline yields only its rows of the global batch (`process_shard`: the
+    pipeline is made with `shard=`), so no host decodes another's images.
     """
     sharding = data_sharded(mesh)
-    pid, nproc = jax.process_index(), jax.process_count()
+    count = process_shard(mesh)[1]
 
     def one(x):
         local = np.asarray(x)
-        if nproc > 1:
-            n = local.shape[0] // nproc
-            local = local[pid * n:(pid + 1) * n]
-        return jax.make_array_from_process_local_data(sharding, local)
+        return jax.make_array_from_process_local_data(
+            sharding, local, (local.shape[0] * count,) + local.shape[1:])
     return {k: one(v) for k, v in batch.items()}

@@ -3,6 +3,7 @@
 The steps it runs are `methods` (built on `classifier`); it writes through `checkpoints`,
 `run_log` and `results`.
 """
+import contextlib
 import functools
 import os
 import sys
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mgr_jax import checkpoints, config_lib, methods, pretrained, results, sharding
+from mgr_jax import checkpoints, config_lib, methods, multihost, pretrained, results, sharding
 from mgr_jax import workdir as workdir_lib
 from mgr_jax.classifier import (
     create_learning_rate_fn,
@@ -50,13 +51,15 @@ def _check_finite(losses_so_far, first_step):
 def setup(config, mesh=None, model=None):
     """(pipeline, model, method, initial state, loop key) for a config; writes nothing.
 
-    With a `mesh`, the state is replicated over it and synthetic batches are split over it.
+    With a `mesh`, the state is replicated over it and synthetic batches are split over it;
+    the pipeline then yields this process's rows of every batch (`sharding.process_shard`).
     `model` (a Flax module following `contract`, built for the dataset's classes) replaces
     the config's ResNet; `config.model.init_checkpoint` must then be empty.
     """
     if mesh is not None:
         sharding.check_divisible(config, mesh)
-    pipeline = loader.create_pipeline(config)
+    pipeline = loader.create_pipeline(
+        config, shard=(0, 1) if mesh is None else sharding.process_shard(mesh))
     if model is None:
         model = create_model(config, pipeline.num_classes)
         init_variables = pretrained.load_init_checkpoint(config, model, pipeline.num_classes)
@@ -101,21 +104,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     limit would). Everything is checked before anything is written: the config, the workdir
     (`workdir.inspect`), what the batch sizes need of memory, the data, weights and
     generator (`setup`); the run then holds the workdir's lock until it returns.
+
+    In a multi-host job (`multihost.initialize` first) every process calls it: a check that
+    fails on one process stops all of them (`multihost.together`); process 0 takes the lock
+    and writes config.json, metrics.jsonl, TensorBoard events and results.json, and orbax
+    writes the checkpoints collectively.
     """
-    config_lib.validate(config)
-    config_dict = config_lib.to_dict(config)
-    workdir_lib.inspect(workdir, config_dict)
-    mesh = sharding.create_mesh()
-    config_lib.check_memory(config, list(mesh.devices.flat))
-    pipeline, model, method, state, loop_rng = setup(config, mesh)
+    with multihost.together("the checks before the run"):
+        config_lib.validate(config)
+        config_dict = config_lib.to_dict(config)
+        workdir_lib.inspect(workdir, config_dict)
+        mesh = sharding.create_mesh()
+        config_lib.check_memory(config, list(mesh.devices.flat))
+        pipeline, model, method, state, loop_rng = setup(config, mesh)
     # Nothing is written before here: bad input leaves the workdir as it was.
-    with workdir_lib.RunLock(workdir, config_dict, enabled=jax.process_index() == 0):
+    with contextlib.ExitStack() as stack:
+        with multihost.together("taking the workdir's lock"):
+            stack.enter_context(workdir_lib.RunLock(workdir, config_dict,
+                                                    enabled=multihost.is_primary()))
         return _run(config, workdir, max_epochs_this_run, mesh, pipeline, model, method, state,
                     loop_rng)
 
 
 def _warn(line):
-    print(line, file=sys.stderr, flush=True)
+    if multihost.is_primary():
+        print(line, file=sys.stderr, flush=True)
+
+
+def _say(line):
+    if multihost.is_primary():
+        print(line, flush=True)
 
 
 def _resume(ckpt, state, workdir):
@@ -125,7 +143,7 @@ def _resume(ckpt, state, workdir):
     restored = ckpt.resume(state, report=_warn)
     if restored is not None:
         state, loop, _ = restored
-        print(f"resuming {workdir} from epoch {loop['epoch']}", flush=True)
+        _say(f"resuming {workdir} from epoch {loop['epoch']}")
     return state, loop
 
 
@@ -146,7 +164,8 @@ def _run(config, workdir, max_epochs_this_run, mesh, pipeline, model, method, st
     try:
         state, loop = _resume(ckpt, state, workdir)
         last_epoch = loop["epoch"]
-        log = RunLog(workdir, keep=lambda record: record.get("epoch", 0) <= last_epoch)
+        log = RunLog(workdir, keep=lambda record: record.get("epoch", 0) <= last_epoch,
+                     enabled=multihost.is_primary())
         replicated = sharding.replicated(mesh)
         # One program per step kind (the meta step and, with mps.update_every > 1, the
         # steps between), each compiled once; the loop picks one by step number.
@@ -170,9 +189,9 @@ def _run(config, workdir, max_epochs_this_run, mesh, pipeline, model, method, st
         if log is not None:
             log.close()
     if loop["epoch"] < config.num_epochs:
-        print(f"paused after epoch {loop['epoch']}; run again to resume", flush=True)
+        _say(f"paused after epoch {loop['epoch']}; run again to resume")
         return None
-    return results.write_results(workdir, config, pipeline, loop)
+    return results.write_results(workdir, config, pipeline, loop, write=multihost.is_primary())
 
 
 def _epoch(config, epoch, method, eval_fn, state, pipeline, mesh, loop_rng, log, loop):

@@ -28,7 +28,8 @@ CONFIG_NAME = "config.json"
 RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "data.num_workers", "data.num_threads",
                      "data.prefetch_batches", "data.manual_dir", "data.prepared_dir",
                      "distributed.enabled", "distributed.coordinator_address",
-                     "distributed.num_processes", "distributed.process_id")
+                     "distributed.num_processes", "distributed.process_id",
+                     "distributed.timeout_s")
 
 
 def flatten(d, prefix=""):

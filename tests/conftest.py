@@ -17,7 +17,7 @@ def fixtures_dir():
 
 # The longest files first (pytest-xdist gives each worker whole files, in this order): the
 # last files to start are then short ones and the workers finish together.
-LONGEST_FIRST = ("test_gan.py", "test_generator_kinds.py", "test_edm.py", "test_library_api.py",
+LONGEST_FIRST = ("test_multihost.py", "test_gan.py", "test_generator_kinds.py", "test_edm.py", "test_library_api.py",
                  "test_experiments.py", "test_mps_diagnostics.py", "test_methods.py",
                  "test_run_hardening.py", "test_sharding.py", "test_stylegan_xl.py",
                  "test_train.py", "test_stylegan2.py", "test_resnet.py")

@@ -307,6 +307,27 @@ def test_worker_processes_give_the_same_batches(archives):
     assert all(np.array_equal(x["image"], y["image"]) for x, y in zip(ref2, got2))
 
 
+def test_process_shards_put_together_are_the_global_batches(archives):
+    """Each process of a multi-host run makes only its rows; together they are the batches of
+    one process (training with D_val and augmentation, and every evaluation split)."""
+    manual_dir, _ = archives["pets"]
+    config = make_config("pets", manual_dir, augment="randaugment")
+    ref = loader.create_pipeline(config)
+    parts = [loader.create_pipeline(config, shard=(i, 2)) for i in range(2)]
+    train = [list(p.train_batches(1, with_val=True)) for p in parts]
+    for step, whole in enumerate(ref.train_batches(1, with_val=True)):
+        for k in whole:
+            assert train[0][step][k].shape[0] == whole[k].shape[0] // 2
+            assert np.array_equal(np.concatenate([t[step][k] for t in train]), whole[k])
+    for split in ("train", "val", "test"):
+        evals = [list(p.eval_batches(split)) for p in parts]
+        for b, whole in enumerate(ref.eval_batches(split)):
+            for k in whole:
+                assert np.array_equal(np.concatenate([e[b][k] for e in evals]), whole[k])
+    with pytest.raises(ValueError, match="does not split"):
+        loader.create_pipeline(config, shard=(0, 3))
+
+
 def _image_folder(root, counts, size=(20, 14)):
     for c, n in enumerate(counts):
         os.makedirs(os.path.join(root, f"class_{c}"), exist_ok=True)
@@ -515,9 +536,11 @@ def test_array_augment_hook_on_digits():
     images = images01[:8]
     assert real_augment.array_augment_fn("none") is None
     fn = real_augment.array_augment_fn("trivialaugment")
-    a = fn(images, np.random.default_rng(0))
-    b = fn(images, np.random.default_rng(0))
+    rngs = lambda: [np.random.default_rng([0, k]) for k in range(len(images))]  # noqa: E731
+    a, b = fn(images, rngs()), fn(images, rngs())
     assert a.shape == images.shape and a.dtype == np.float32 and np.array_equal(a, b)
+    # image k depends on its own generator only: a part of the batch augments the same
+    assert np.array_equal(fn(images[3:6], rngs()[3:6]), a[3:6])
     config = make_config("digits", "")
     config.data.image_size, config.data.augment = 16, "randaugment"
     pipe = loader.create_pipeline(config)

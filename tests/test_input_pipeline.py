@@ -89,3 +89,19 @@ def test_both_pipelines_share_one_interface_and_one_normalisation():
                                atol=1e-6)
     want = (u8[..., 1] / 255.0 - 0.456) / 0.224  # torchvision's ImageNet statistics (green)
     np.testing.assert_allclose(protocol.normalize(u8)[..., 1], want, atol=1e-5)
+
+
+def test_in_memory_process_shards_put_together_are_the_global_batches():
+    """A multi-host run's processes each make their rows (`shard=`); together: the batches of
+    one process, augmentation included (one generator per image, not per batch)."""
+    config = tiny_config(**{"data.augment": "trivialaugment", "eval_batch_size": 100})
+    ref = loader.create_pipeline(config)
+    parts = [loader.create_pipeline(config, shard=(i, 4)) for i in range(4)]
+    train = [list(p.train_batches(2, with_val=True)) for p in parts]
+    for step, whole in enumerate(ref.train_batches(2, with_val=True)):
+        for k in whole:
+            assert np.array_equal(np.concatenate([t[step][k] for t in train]), whole[k])
+    evals = [list(p.eval_batches("test")) for p in parts]
+    for b, whole in enumerate(ref.eval_batches("test")):  # 359 images: the last batch padded
+        for k in whole:
+            assert np.array_equal(np.concatenate([e[b][k] for e in evals]), whole[k])

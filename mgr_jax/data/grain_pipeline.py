@@ -18,6 +18,9 @@ all epochs from the first `train_batches` call on (workers start once, not per e
 `with_val`, each batch also carries a D_val batch (eval transform: D_val is validation data,
 the MPS outer loss sees it unaugmented) from `epoch_order(len(D_val), B, seed + 7919, epoch)`.
 
+With `shard=(i, n)` (a process of a multi-host run) only part i of n of every training and
+evaluation batch is decoded and yielded: the rows this process feeds to its devices.
+
 Evaluation batches (resize + centre crop) are made by `data.num_threads` threads in the main
 process (PIL releases the GIL while decoding and resampling), the last batch zero-padded
 and masked.
@@ -47,8 +50,8 @@ class TrainBatch:
     """grain map: global step -> one training batch dict (picklable, runs in workers)."""
 
     def __init__(self, source, d_idx, val_idx, *, batch_size, seed, steps_per_epoch,
-                 image_size, augment, crop_fraction, with_val):
-        self.source, self.d_idx, self.val_idx = source, d_idx, val_idx
+                 image_size, augment, crop_fraction, with_val, rows):
+        self.source, self.d_idx, self.val_idx, self.rows = source, d_idx, val_idx, rows
         self.batch_size, self.seed, self.steps_per_epoch = batch_size, seed, steps_per_epoch
         self.image_size, self.augment, self.crop_fraction = image_size, augment, crop_fraction
         self.with_val = with_val
@@ -78,14 +81,14 @@ class TrainBatch:
     def __call__(self, global_step):
         epoch, step = divmod(int(global_step), self.steps_per_epoch)
         order, val_order = self.orders(epoch)
-        src = self.d_idx[order[step]]
+        src = self.d_idx[order[step][self.rows]]  # this process's rows only
         images = np.stack([
             self.train_image(i, np.random.default_rng([self.seed, epoch, step, k]))
-            for k, i in enumerate(src)])
+            for k, i in zip(range(self.rows.start, self.rows.stop), src)])
         batch = {"image": protocol.normalize(images),
                  "label": self.source.labels[src].astype(np.int32)}
         if self.with_val:
-            val = self.val_idx[val_order[step % len(val_order)]]
+            val = self.val_idx[val_order[step % len(val_order)][self.rows]]
             batch["val_image"] = protocol.normalize(
                 np.stack([self.eval_image(i) for i in val]))
             batch["val_label"] = self.source.labels[val].astype(np.int32)
@@ -93,15 +96,17 @@ class TrainBatch:
 
 
 class EvalBatch:
-    """grain map: batch number -> a padded, masked evaluation batch of one split."""
+    """grain map: batch number -> a padded, masked evaluation batch of one split (`rows`:
+    this process's rows of it)."""
 
-    def __init__(self, source, indices, *, batch_size, image_size, crop_fraction):
+    def __init__(self, source, indices, *, batch_size, image_size, crop_fraction, rows):
         self.source, self.indices, self.batch_size = source, indices, batch_size
-        self.image_size, self.crop_fraction = image_size, crop_fraction
+        self.image_size, self.crop_fraction, self.rows = image_size, crop_fraction, rows
 
     def __call__(self, b):
-        idx = self.indices[b * self.batch_size:(b + 1) * self.batch_size]
-        n, bs, s = len(idx), self.batch_size, self.image_size
+        start = b * self.batch_size
+        idx = self.indices[start + self.rows.start:start + self.rows.stop]
+        n, bs, s = len(idx), self.rows.stop - self.rows.start, self.image_size
         images = np.zeros((bs, s, s, 3), np.uint8)
         for k, i in enumerate(idx):
             image = _decode(self.source, i)
@@ -161,7 +166,7 @@ class GrainPipeline:
 
     def __init__(self, splits, *, image_size, batch_size, eval_batch_size, seed, split_seed,
                  val_fraction, subset_fraction, augment="none", num_workers=2, num_threads=0,
-                 prefetch_batches=2, num_epochs=1, crop_fraction=0.875):
+                 prefetch_batches=2, num_epochs=1, crop_fraction=0.875, shard=(0, 1)):
         self.name, self.class_names = splits.name, list(splits.class_names)
         self.num_classes = len(self.class_names)
         self.image_size, self.batch_size, self.eval_batch_size = image_size, batch_size, \
@@ -170,6 +175,8 @@ class GrainPipeline:
         self.num_workers, self.prefetch_batches, self.num_epochs = num_workers, \
             prefetch_batches, num_epochs
         self.num_threads = num_threads or min(os.cpu_count() or 1, 16)
+        # (i, n): make only part i of n of every batch (a process's rows, multi-host)
+        self.shard = protocol.check_shard(shard, batch_size, eval_batch_size)
         real_augment.get(augment)  # a bad name fails here, not in a worker.
         self.train_source, self.test_source = splits.train_source, splits.test_source
         train_labels = splits.train_source.labels[splits.train_indices]
@@ -182,7 +189,7 @@ class GrainPipeline:
         self._stream = None
 
     @classmethod
-    def from_config(cls, splits, config):
+    def from_config(cls, splits, config, shard=(0, 1)):
         data = config.data
         return cls(splits, image_size=data.image_size, batch_size=config.batch_size,
                    eval_batch_size=config.eval_batch_size, seed=config.seed,
@@ -190,7 +197,7 @@ class GrainPipeline:
                    subset_fraction=data.subset_fraction, augment=data.augment,
                    num_workers=data.num_workers, num_threads=data.num_threads,
                    prefetch_batches=data.prefetch_batches, num_epochs=config.num_epochs,
-                   crop_fraction=data.eval_crop_fraction)
+                   crop_fraction=data.eval_crop_fraction, shard=shard)
 
     def split_sizes(self):
         return {"train": len(self.d_idx), "val": len(self.val_idx), "test": len(self.test_idx)}
@@ -213,7 +220,8 @@ class GrainPipeline:
                         batch_size=self.batch_size, seed=self.seed,
                         steps_per_epoch=self.steps_per_epoch, image_size=self.image_size,
                         augment=self.augment, crop_fraction=self.crop_fraction,
-                        with_val=with_val)
+                        with_val=with_val,
+                        rows=protocol.shard_rows(self.shard, self.batch_size))
         spe = self.steps_per_epoch
         ds = grain.MapDataset.range(epoch * spe, (last + 1) * spe).map(fn)
         if self.num_workers > 0:
@@ -251,7 +259,8 @@ class GrainPipeline:
         source, idx = self._split(split)
         num_batches = -(-len(idx) // self.eval_batch_size)
         fn = EvalBatch(source, idx, batch_size=self.eval_batch_size,
-                       image_size=self.image_size, crop_fraction=self.crop_fraction)
+                       image_size=self.image_size, crop_fraction=self.crop_fraction,
+                       rows=protocol.shard_rows(self.shard, self.eval_batch_size))
         ds = grain.MapDataset.range(num_batches).map(fn)
         threads = min(self.num_threads, max(num_batches, 1))
         yield from ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,

@@ -35,9 +35,13 @@ class Pipeline(Protocol):
         """Release workers (a no-op for the in-memory pipeline)."""
 
 
-def create_pipeline(config) -> Pipeline:
-    """The pipeline of `config.data.name` (UserError, one line, for unknown names)."""
+def create_pipeline(config, shard=(0, 1)) -> Pipeline:
+    """The pipeline of `config.data.name` (UserError, one line, for unknown names).
+
+    `shard=(i, n)`: its batches are part i of n of the global batches (the rows one process of
+    a multi-host run feeds; `sharding.process_shard`), and only those rows are decoded.
+    """
     if config.data.name == "digits":
-        return memory.create_digits_pipeline(config)
+        return memory.create_digits_pipeline(config, shard)
     datasets.validate(config.data)
-    return grain_pipeline.GrainPipeline.from_config(datasets.load_splits(config), config)
+    return grain_pipeline.GrainPipeline.from_config(datasets.load_splits(config), config, shard)

@@ -24,11 +24,14 @@ class ArraySplit:
 class ArrayPipeline:
     """Input pipeline over splits held in memory (the embedded datasets).
 
-    `augment_fn(images01 (B, S, S, 3) float32, rng) -> images01` runs on each training batch.
+    `augment_fn(images01 (n, S, S, 3) float32, rngs) -> images01` runs on each training batch,
+    with one numpy Generator per image, seeded by (seed, epoch, step, position in the batch).
+    `shard=(i, n)`: yield only part i of n of every batch (a process's rows of the global batch
+    in a multi-host run); the parts put together are the batches of `shard=(0, 1)`.
     """
 
     def __init__(self, name, num_classes, train, val, test, *, batch_size, eval_batch_size,
-                 seed, augment_fn=None):
+                 seed, augment_fn=None, shard=(0, 1)):
         self.name, self.num_classes = name, num_classes
         self.class_names = [str(c) for c in range(num_classes)]
         self.splits = {"train": train, "val": val, "test": test}
@@ -36,6 +39,7 @@ class ArrayPipeline:
         self.image_size = train.images.shape[1]
         self.steps_per_epoch = max(1, len(train) // batch_size)
         self._augment_fn = augment_fn
+        self.shard = protocol.check_shard(shard, batch_size, eval_batch_size)
 
     def split_sizes(self):
         return {k: len(v) for k, v in self.splits.items()}
@@ -45,14 +49,16 @@ class ArrayPipeline:
         train, val = self.splits["train"], self.splits["val"]
         order = protocol.epoch_order(len(train), self.batch_size, self.seed, epoch)
         val_order = protocol.epoch_order(len(val), self.batch_size, self.seed + protocol.VAL_ORDER_SEED_OFFSET, epoch)
-        aug_rng = np.random.default_rng([self.seed, epoch, 1])
+        rows = protocol.shard_rows(self.shard, self.batch_size)
         for step, idx in enumerate(order):
+            idx = idx[rows]
             images = train.images[idx]
             if self._augment_fn is not None:
-                images = self._augment_fn(images, aug_rng)
+                images = self._augment_fn(images, [np.random.default_rng([self.seed, epoch, step, k])
+                                                   for k in range(rows.start, rows.stop)])
             batch = {"image": protocol.normalize(images), "label": train.labels[idx]}
             if with_val:
-                v = val_order[step % len(val_order)]
+                v = val_order[step % len(val_order)][rows]
                 batch["val_image"] = protocol.normalize(val.images[v])
                 batch["val_label"] = val.labels[v]
             yield batch
@@ -61,19 +67,19 @@ class ArrayPipeline:
         """Nothing to release (the grain pipeline stops its workers here)."""
 
     def eval_batches(self, split) -> Iterator[dict]:
-        """The whole split in order, the last batch zero-padded and masked."""
+        """The whole split in order, the last batch zero-padded and masked (this process's
+        rows of each)."""
         data = self.splits[split]
-        bs = self.eval_batch_size
-        for start in range(0, len(data), bs):
-            images = protocol.normalize(data.images[start:start + bs])
-            labels = data.labels[start:start + bs]
-            n = len(labels)
+        rows = protocol.shard_rows(self.shard, self.eval_batch_size)
+        for start in range(0, len(data), self.eval_batch_size):
+            lo, hi = start + rows.start, min(start + rows.stop, len(data))
+            n, bs = max(hi - lo, 0), rows.stop - rows.start
+            images = np.zeros((bs,) + data.images.shape[1:], np.float32)
+            labels = np.zeros(bs, data.labels.dtype)
             mask = np.zeros(bs, np.float32)
+            images[:n] = protocol.normalize(data.images[lo:lo + n])
+            labels[:n] = data.labels[lo:lo + n]
             mask[:n] = 1.0
-            if n < bs:
-                images = np.concatenate([images, np.zeros((bs - n,) + images.shape[1:],
-                                                          images.dtype)])
-                labels = np.concatenate([labels, np.zeros(bs - n, labels.dtype)])
             yield {"image": images, "label": labels, "mask": mask}
 
 
@@ -101,7 +107,7 @@ def load_digits_arrays(image_size):
     return np.repeat(images, 3, axis=-1), digits.target.astype(np.int32)
 
 
-def create_digits_pipeline(config):
+def create_digits_pipeline(config, shard=(0, 1)):
     """The embedded digits with the protocol's splits (config.data.name == "digits")."""
     data = config.data
     images01, labels = load_digits_arrays(data.image_size)
@@ -114,4 +120,5 @@ def create_digits_pipeline(config):
     split = lambda idx: ArraySplit(images01[idx], labels[idx])  # noqa: E731
     return ArrayPipeline("digits", 10, split(d_idx), split(val_idx), split(test_idx),
                          batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
-                         seed=config.seed, augment_fn=real_augment.array_augment_fn(data.augment))
+                         seed=config.seed, augment_fn=real_augment.array_augment_fn(data.augment),
+                         shard=shard)

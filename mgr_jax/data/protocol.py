@@ -66,3 +66,21 @@ def epoch_order(num_examples, batch_size, seed, epoch):
     order = np.concatenate([rng.permutation(num_examples)
                             for _ in range(-(-need // num_examples))])
     return order[:need].reshape(steps, batch_size)
+
+
+def check_shard(shard, *batch_sizes):
+    """`shard` (i, n) as a tuple, after checking that n divides every batch size."""
+    index, count = (int(v) for v in shard)
+    if not 0 <= index < count:
+        raise ValueError(f"shard {shard} must be (i, n) with 0 <= i < n")
+    for size in batch_sizes:
+        if size % count:
+            raise ValueError(f"batch size {size} does not split into {count} equal parts")
+    return index, count
+
+
+def shard_rows(shard, batch_size):
+    """The rows of a batch of `batch_size` that part `shard` (i, n) holds, as a slice."""
+    index, count = shard
+    per = batch_size // count
+    return slice(index * per, (index + 1) * per)

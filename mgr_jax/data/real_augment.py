@@ -226,23 +226,25 @@ def get(name):
     return _AUGMENTERS[name]
 
 
-def augment_uint8(images, name, rng):
-    """Augment a uint8 batch (N, H, W, 3) image by image; returns a new uint8 batch."""
+def augment_uint8(images, name, rngs):
+    """Augment a uint8 batch (N, H, W, 3) image by image, image k with the numpy Generator
+    `rngs[k]`; returns a new uint8 batch."""
     fn = get(name)
     if fn is None:
         return images
-    return np.stack([np.asarray(fn(Image.fromarray(x), rng)) for x in images])
+    return np.stack([np.asarray(fn(Image.fromarray(x), rng)) for x, rng in zip(images, rngs)])
 
 
 def array_augment_fn(name):
-    """The in-memory pipeline's hook: `fn(images01 (N, H, W, 3) float in [0, 1], rng)`, or None
-    for "none". Images are rounded to uint8 RGB (the ops' domain), augmented, scaled back."""
+    """The in-memory pipeline's hook: `fn(images01 (N, H, W, 3) float in [0, 1], rngs)` (one
+    Generator per image), or None for "none". Images are rounded to uint8 RGB (the ops'
+    domain), augmented, scaled back."""
     if name == "none":
         return None
     get(name)  # fail on a bad name now, not in the first batch.
 
-    def fn(images01, rng):
+    def fn(images01, rngs):
         u8 = np.clip(np.rint(images01 * 255.0), 0, 255).astype(np.uint8)
-        return augment_uint8(u8, name, rng).astype(np.float32) / 255.0
+        return augment_uint8(u8, name, rngs).astype(np.float32) / 255.0
 
     return fn
