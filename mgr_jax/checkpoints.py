@@ -52,6 +52,7 @@ class RunCheckpoints:
 
     def __init__(self, workdir, keep_best=True):
         self.root = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self._pending = None  # the epoch being saved
         self.latest = self._open("latest")
         self.best = self._open("best") if keep_best else None
 
@@ -65,11 +66,32 @@ class RunCheckpoints:
         return ocp.CheckpointManager(os.path.join(self.root, which), options=opts)
 
     def save(self, epoch, state, loop, is_best):
+        """Start saving an epoch (asynchronously); UserError, one line, when the previous save
+        failed (a full disk, say): the run stops instead of training on unsaved."""
+        self.wait()
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   loop=ocp.args.JsonSave(loop))
-        self.latest.save(epoch, args=args)
+        self._pending = epoch
+        self._guard(lambda: self.latest.save(epoch, args=args))
         if is_best and self.best is not None:
-            self.best.save(epoch, args=args)
+            self._guard(lambda: self.best.save(epoch, args=args))
+
+    def _guard(self, call):
+        try:
+            call()
+        except Exception as e:  # noqa: BLE001 (orbax / tensorstore / the OS raise many kinds)
+            epoch, self._pending = self._pending, None
+            raise UserError(f"saving the checkpoint of epoch {epoch} in {self.root} failed "
+                            f"({_reason(e)}); the checkpoints saved before it are kept: free "
+                            "space (or fix the folder) and run the same command to resume"
+                            ) from None
+
+    def wait(self):
+        """Wait for the saves under way; UserError (one line) if one of them failed."""
+        for manager in (self.latest, self.best):
+            if manager is not None:
+                self._guard(manager.wait_until_finished)
+        self._pending = None
 
     def _manager(self, which):
         return self.latest if which == "latest" else self.best
@@ -154,8 +176,13 @@ class RunCheckpoints:
         return target
 
     def close(self):
-        self.latest.wait_until_finished()
-        self.latest.close()
-        if self.best is not None:
-            self.best.wait_until_finished()
-            self.best.close()
+        """Wait for the saves under way (UserError if one failed), then close the managers."""
+        try:
+            self.wait()
+        finally:
+            for manager in (self.latest, self.best):
+                if manager is not None:
+                    try:
+                        manager.close()
+                    except Exception:  # noqa: BLE001 (the save's failure is already said)
+                        pass

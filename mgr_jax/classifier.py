@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from mgr_jax import contract, losses
+from mgr_jax.errors import UserError
 from mgr_jax.models import resnet
 
 
@@ -29,6 +30,11 @@ def create_learning_rate_fn(config, steps_per_epoch):
     """Step-wise lr: optimizer.lr, times lr_decay at each epoch in optimizer.lr_milestones."""
     opt = config.optimizer
     boundaries = {int(m) * steps_per_epoch: opt.lr_decay for m in opt.lr_milestones}
+    last = max([config.num_epochs * steps_per_epoch, *boundaries])
+    if last >= 2 ** 31:  # the step counter is int32
+        raise UserError(f"num_epochs={config.num_epochs} or optimizer.lr_milestones="
+                        f"{tuple(opt.lr_milestones)} at {steps_per_epoch} steps per epoch "
+                        f"make step {last:,}, past the int32 step counter; use fewer epochs")
     return optax.piecewise_constant_schedule(opt.lr, boundaries)
 
 

@@ -71,9 +71,18 @@ def _dataset_choice(v):
     return None if v in names else f"is not a known dataset; choose one of {list(names)}"
 
 
+# Sizes bounded so that a typo cannot ask for terabytes (or overflow a step counter) after
+# the run has started: the largest epochs, latent size and finder width a run may use.
+MAX_EPOCHS = 100_000
+MAX_LATENT_DIM = 65_536
+MAX_HIDDEN_DIM = 65_536
+
+
 def _milestones(v):
     if any(m < 1 for m in v) or list(v) != sorted(set(v)):
         return "must be increasing epochs (>= 1)"
+    if any(m > MAX_EPOCHS for m in v):
+        return f"must be epochs <= {MAX_EPOCHS:,}"
     return None
 
 
@@ -87,7 +96,7 @@ NON_NEGATIVE = Field("float", _range(0))
 SCHEMA = {
     "method": Field("str", _one_of(METHODS)),
     "seed": SEED,
-    "num_epochs": POSITIVE_INT,
+    "num_epochs": Field("int", _range(1, MAX_EPOCHS)),
     "batch_size": POSITIVE_INT,
     "synthetic_batch_size": POSITIVE_INT,
     "eval_batch_size": POSITIVE_INT,
@@ -126,7 +135,7 @@ SCHEMA = {
         "kind": Field("str"),
         "checkpoint": Field("str"),
         "seed": SEED,
-        "latent_dim": POSITIVE_INT,
+        "latent_dim": Field("int", _range(1, MAX_LATENT_DIM)),
         "resolution": Field("int", _range(1, 4096)),
         "kwargs": Field("dict"),
     },
@@ -140,7 +149,7 @@ SCHEMA = {
     },
     "finder": {
         "arch": Field("str", _one_of(FINDER_ARCHS)),
-        "hidden_dim": NON_NEGATIVE_INT,
+        "hidden_dim": Field("int", _range(0, MAX_HIDDEN_DIM)),
     },
     "mps": {
         "hypergradient": Field("str", _one_of(HYPERGRADIENTS)),
@@ -341,7 +350,12 @@ def step_memory_bytes(config):
         images += config.synthetic_batch_size
     if config.method in MPS_METHODS:
         images += config.batch_size  # the D_val batch of the meta step
-    return images * per_image
+    total = images * per_image
+    gen = config.get("generator")
+    if config.method != "base" and gen is not None and gen.kind == "random":
+        # the random generator's images at its own resolution, before the resize
+        total += config.synthetic_batch_size * gen.resolution ** 2 * 3 * 4
+    return total
 
 
 def host_memory_bytes():

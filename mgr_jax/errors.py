@@ -6,4 +6,9 @@ class UserError(Exception):
 
 
 class TrainingDiverged(Exception):
-    """The loss became NaN or infinite; carries the first bad step."""
+    """A value the run depends on became NaN or infinite: args (first bad step[, what is left]);
+    `what` names the value ("the loss", "the synthetic loss syn", "the validation loss")."""
+
+    def __init__(self, step, *rest, what="the loss"):
+        super().__init__(step, *rest)
+        self.what = what

@@ -6,23 +6,33 @@ import numpy as np
 from PIL import Image
 
 
-def _replace_from_tmp(path, write, suffix=""):
-    """Write through `write(tmp_path)` to a temporary file beside `path`, then rename it."""
-    tmp = f"{path}.{os.getpid()}.tmp{suffix}"
+def open_new(path, mode="w"):
+    """A new file at `path`, opened for writing; FileExistsError if anything is there, a
+    symbolic link included (O_EXCL | O_NOFOLLOW: a planted link is never followed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    return os.fdopen(fd, mode)
+
+
+def replace_atomically(path, write, mode="w"):
+    """Write through `write(file)` to a new temporary file beside `path`, then rename it over
+    `path` (a link at `path` is replaced, not followed)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    if os.path.lexists(tmp):
+        os.remove(tmp)  # left by a killed process with our pid; never followed
     try:
-        write(tmp)
+        with open_new(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
 
 
 def write_json(path, obj, sort_keys=False):
     """`obj` as indented JSON at `path`, replaced atomically."""
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=sort_keys)
-    _replace_from_tmp(path, write)
+    replace_atomically(path, lambda f: json.dump(obj, f, indent=2, sort_keys=sort_keys))
 
 
 def read_json(path):
@@ -40,12 +50,12 @@ def write_png(path, image):
     if image.dtype != np.uint8:
         image = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
     image = image[..., 0] if image.shape[-1] == 1 else image[..., :3]
-    _replace_from_tmp(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"), ".png")
+    replace_atomically(path, lambda f: Image.fromarray(image).save(f, format="PNG"), "wb")
 
 
 def write_npz(path, **arrays):
     """numpy arrays as an .npz at `path`, replaced atomically."""
-    _replace_from_tmp(path, lambda tmp: np.savez(tmp, **arrays), ".npz")
+    replace_atomically(path, lambda f: np.savez(f, **arrays), "wb")
 
 
 def tile_grid(images, cols, gap=0, fill=0):

@@ -7,6 +7,9 @@ This file is kept short: the work is in `mgr_jax.train`, importable and testable
 input (a flag, a config field, the workdir, data, weights) is one line on stderr and exit
 status 2; a diverged run is one line and status 3.
 """
+import os
+import signal
+import stat
 import sys
 
 from absl import app, flags, logging
@@ -62,23 +65,57 @@ def _override_of(argv, key):
 
 def _config_file_error(e):
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    why = lines[-1] if lines else type(e).__name__
+    why = f"{type(e).__name__}: {lines[-1]}" if lines else type(e).__name__
+    if "has no attribute 'get_config'" in why:
+        why = "it defines no get_config()"
     return UserError(f"--config could not be loaded ({why}); give a Python file defining "
                      f"get_config(), e.g. {config_lib.DEFAULTS}")
 
 
+def _config_path(argv):
+    """The --config file's path as given (None when the flag is absent)."""
+    for i, arg in enumerate(argv[1:], 1):
+        if arg.startswith(("--config=", "-config=")):
+            return arg.partition("=")[2]
+        if arg in ("--config", "-config") and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _check_config_file(path):
+    """UserError unless `path` is a regular file (a FIFO or a device would block or never
+    end when read)."""
+    if not path:
+        return
+    file_part = path.split(":", 1)[0]  # config_flags' "file.py:argument" form
+    try:
+        mode = os.stat(file_part).st_mode
+    except OSError as e:
+        raise UserError(f"--config={path}: {e.strerror}; give a Python file defining "
+                        f"get_config(), e.g. {config_lib.DEFAULTS}") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"--config={path} is not a regular file; give a Python file defining "
+                        f"get_config(), e.g. {config_lib.DEFAULTS}")
+
+
 def parse(argv, fv=FLAGS):
     """Parse `argv` into `fv` and load the config; UserError (one line) for any problem."""
+    _check_config_file(_config_path(argv))
     try:
         rest = fv(argv)
-    except (KeyError, AttributeError) as e:  # an override naming no field of the config
+    except (KeyError, AttributeError) as e:
         key = _missing_key(e)
-        arg = _override_of(argv, key) or "a --config.* override"
+        arg = _override_of(argv, key)
+        if arg is None:  # raised by the config file itself, not by an override
+            raise _config_file_error(e) from None
         raise UserError(f"{arg}: the config has no field {key!r} (a misspelt name? the fields "
                         f"are documented in {config_lib.DEFAULTS})") from None
     except flags.Error as e:
+        if "--config must have a value other than None" in str(e):
+            raise UserError(f"--config={_config_path(argv)}: get_config() returned None; it must "
+                            "return an ml_collections.ConfigDict") from None
         raise UserError(f"{_one_line(e)} (see --helpfull)") from None
-    except (OSError, ValueError, TypeError, SyntaxError, ImportError) as e:
+    except Exception as e:  # noqa: BLE001 (whatever the config file itself raised)
         raise _config_file_error(e) from None
     try:
         config_lib.to_dict(fv.config)  # a config file that failed to load raises here
@@ -91,6 +128,7 @@ def parse(argv, fv=FLAGS):
 
 def _parse_or_exit(argv):
     """app.run's flags parser: one line and exit status 2 instead of tracebacks."""
+    logging.set_verbosity(logging.ERROR)  # config_flags warns before raising; we say it once
     try:
         return parse(argv)
     except UserError as e:
@@ -98,9 +136,16 @@ def _parse_or_exit(argv):
         sys.exit(2)
 
 
+def _stop_on_sigterm(signum, frame):
+    """SIGTERM (a scheduler's stop) unwinds like Ctrl-C: saves under way finish, workers end."""
+    del signum, frame
+    raise KeyboardInterrupt
+
+
 def run(fv=FLAGS):
     """Train per parsed flags; returns the exit status."""
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         config_lib.validate(fv.config)  # before anything, jax.distributed included
         compile_cache.enable(fv.compilation_cache)
@@ -112,10 +157,16 @@ def run(fv=FLAGS):
         return 2
     except TrainingDiverged as e:
         left = e.args[1] if len(e.args) > 1 else "see the workdir's checkpoints"
-        print(f"error: the loss became NaN/inf at step {e.args[0]}; stopped. {left[0].upper()}"
+        print(f"error: {e.what} became NaN/inf at step {e.args[0]}; stopped. {left[0].upper()}"
               f"{left[1:]} (lower optimizer.lr or lambda_ and start again with a new "
               "--workdir)", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print(f"error: stopped by Ctrl-C or SIGTERM; the epochs saved so far are kept in "
+              f"{fv.workdir}: run the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -49,6 +49,16 @@ def check_init_checkpoint_path(path):
                         f"variables/, not converted weights; make them with {_CONVERT}")
 
 
+def non_finite_leaves(tree):
+    """Paths ("params/fc/kernel") of the floating-point arrays of `tree` that hold NaN or inf."""
+    bad = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        value = np.asarray(leaf)
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            bad.append("/".join(str(getattr(k, "key", k)) for k in path))
+    return bad
+
+
 def load_init_checkpoint(config, model, num_classes):
     """Variables to start from, or None for a random init; UserError if they do not fit.
 
@@ -81,6 +91,11 @@ def load_init_checkpoint(config, model, num_classes):
         raise UserError(f"model.init_checkpoint={path} ({meta.get('arch', '?')}) does not fit "
                         f"model.arch={config.model.arch} width={config.model.width} "
                         f"cifar_stem={config.model.cifar_stem}: " + "; ".join(problems))
+    bad = non_finite_leaves(loaded)
+    if bad:
+        raise UserError(f"model.init_checkpoint={path} holds NaN or infinite values in {bad[0]}"
+                        f"{f' (and {len(bad) - 1} more arrays)' if len(bad) > 1 else ''}; it "
+                        "cannot start a run: convert the weights again from a good file")
     variables = {"params": dict(loaded["params"]), "batch_stats": loaded["batch_stats"]}
     if head_differs:
         fresh = model.init(jax.random.fold_in(jax.random.key(config.seed), 1),

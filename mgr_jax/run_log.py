@@ -8,6 +8,7 @@ import sys
 
 from tensorboardX import SummaryWriter  # writes event files without TensorFlow.
 
+from mgr_jax import files
 from mgr_jax.errors import UserError
 
 
@@ -45,14 +46,7 @@ def read_records(path):
 
 def _rewrite(path, records):
     """Replace the file by `records`, one JSON line each, atomically."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    files.replace_atomically(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in records))
 
 
 class RunLog:
@@ -91,7 +85,10 @@ class RunLog:
             return
         record = {"kind": kind, "step": int(step), **position}
         record.update({k: float(v) for k, v in metrics.items()})
-        with open(self.path, "a") as f:
+        # O_NOFOLLOW: never append through a link (a dangling one would create a file
+        # outside the workdir)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
             for k, v in metrics.items():

@@ -52,7 +52,9 @@ def synthesize(generator, gen_params, w, labels, image_size, channels=3):
         images = jax.image.resize(images, (images.shape[0], height, width, images.shape[-1]),
                                   "bilinear")
     images = match_channels(images, channels)
-    return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
+    # A NaN or inf from the generator stays NaN (clipping would hide inf, and XLA's min/max
+    # may drop NaN on some backends): the losses then become NaN and the run stops (status 3).
+    return jnp.where(jnp.isfinite(images), jnp.clip((images + 1.0) / 2.0, 0.0, 1.0), jnp.nan)
 
 
 def _forward(model, params, batch_stats, images01):

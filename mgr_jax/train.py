@@ -31,21 +31,35 @@ __all__ = ["TrainingDiverged", "evaluate", "restore_state", "setup", "train_and_
 
 
 def evaluate(eval_fn, state, pipeline, split):
-    """Top-1 (%) and mean loss over a whole split; one host sync at the end."""
+    """Top-1 (%) and mean loss over a whole split; one host sync at the end.
+
+    TrainingDiverged when the loss is NaN/inf (NaN weights or BatchNorm statistics would
+    otherwise give a chance-level accuracy and no error)."""
     sums = None
     for batch in pipeline.eval_batches(split):
         out = eval_fn(state, batch)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
-    return 100.0 * float(sums["correct"]) / float(sums["count"]), float(sums["loss"]) / float(
-        sums["count"])
+    loss = float(sums["loss"]) / float(sums["count"])
+    if not np.isfinite(loss):
+        raise TrainingDiverged(int(state.step), what=f"the {split} loss")
+    return 100.0 * float(sums["correct"]) / float(sums["count"]), loss
 
 
-def _check_finite(losses_so_far, first_step):
-    values = np.asarray(jax.device_get(jnp.stack(losses_so_far)))
-    bad = np.flatnonzero(~np.isfinite(values))
-    if bad.size:
-        raise TrainingDiverged(first_step + int(bad[0]))
+# The metric named when several became NaN/inf at one step (the cause before its effects).
+_CAUSES_FIRST = ("syn", "meta_loss", "hypergrad_norm", "kl", "ce", "loss")
+
+
+def _check_finite(metrics_so_far, first_step):
+    """TrainingDiverged at the first step whose metrics (every float value) hold NaN/inf."""
+    for i, metrics in enumerate(jax.device_get(metrics_so_far)):
+        bad = sorted((k for k, v in metrics.items() if not np.isfinite(v)),
+                     key=lambda k: (_CAUSES_FIRST.index(k) if k in _CAUSES_FIRST else 99, k))
+        if bad:
+            what = "the loss" if bad[0] == "loss" else f"the metric {bad[0]}"
+            if bad[0] == "syn":
+                what = "the synthetic loss syn (a generator giving NaN/inf images does it)"
+            raise TrainingDiverged(first_step + i, what=what)
 
 
 def setup(config, mesh=None, model=None):
@@ -154,7 +168,7 @@ def _diverged(error, workdir, saved_epoch, epoch):
                 f"{os.path.join(workdir, 'checkpoints', 'latest')}")
     else:
         left = f"no checkpoint was saved (it diverged in epoch {epoch}, before the first one)"
-    return TrainingDiverged(error.args[0], left)
+    return TrainingDiverged(error.args[0], left, what=error.what)
 
 
 def _run(config, workdir, max_epochs_this_run, mesh, pipeline, model, method, state, loop_rng):
@@ -185,6 +199,7 @@ def _run(config, workdir, max_epochs_this_run, mesh, pipeline, model, method, st
         except TrainingDiverged as e:
             raise _diverged(e, workdir, progress["saved"], progress["epoch"]) from None
     finally:
+        pipeline.close()  # input workers end here, however the loop ended
         ckpt.close()
         if log is not None:
             log.close()
@@ -236,7 +251,7 @@ def _train_epoch(config, method, state, pipeline, epoch, mesh, loop_rng, log):
         batch = sharding.shard_batch(batch, mesh)
         step_fn = method.step_for(first + count)
         state, metrics = step_fn(state, batch, loop_rng, method.frozen)  # folds in state.step.
-        pending.append(metrics["loss"])
+        pending.append(metrics)
         for k, v in metrics.items():
             sums[k] = v if k not in sums else jnp.add(sums[k], v)
             counts[k] = counts.get(k, 0) + 1

@@ -1,8 +1,10 @@
 """One run per workdir: an exclusive lock held for the whole run, config.json made atomically.
 
 `train.train_and_evaluate` calls `inspect` first (it only reads: a workdir that is a file, is
-not writable, is locked by a live run, or holds a damaged config.json or another run's config
-is refused in one line before the slow setup), then, once everything is validated,
+not writable, is locked by a live run, or holds a damaged config.json or the config of another
+run that saved a checkpoint is refused in one line before the slow setup; a run that failed
+before its first checkpoint may be started again with a corrected config, which replaces its
+config.json), then, once everything is validated,
 `RunLock`, which creates the folder, takes the lock and creates config.json:
 
 * the lock is `fcntl.flock` on `<workdir>/run.lock`, taken without waiting: a second run on a
@@ -18,12 +20,18 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 
+from mgr_jax import files
 from mgr_jax.errors import UserError
 
 LOCK_NAME = "run.lock"
 CONFIG_NAME = "config.json"
+# What a run writes in its workdir: none of it may be a symbolic link (a link would make the
+# run write, append or truncate somewhere outside the workdir).
+RUN_ENTRIES = (LOCK_NAME, CONFIG_NAME, "metrics.jsonl", "results.json", "tensorboard",
+               "checkpoints")
 # Fields that may change between a run and its resumption without changing its results.
 RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "data.num_workers", "data.num_threads",
                      "data.prefetch_batches", "data.manual_dir", "data.prepared_dir",
@@ -116,6 +124,21 @@ def _check_path(workdir):
                         "permissions)")
 
 
+def refuse_links(workdir):
+    """UserError if an entry the run writes in `workdir` (or anything under its folders) is a
+    symbolic link: the run never writes through one."""
+    for name in RUN_ENTRIES:
+        path = os.path.join(workdir, name)
+        links = [path] if os.path.islink(path) else []
+        if not links and os.path.isdir(path):
+            for folder, dirs, names in os.walk(path):  # links to folders are not entered
+                links += [os.path.join(folder, n) for n in dirs + names
+                          if os.path.islink(os.path.join(folder, n))]
+        if links:
+            raise UserError(f"{links[0]} is a symbolic link; a run writes only files of its "
+                            "own in its workdir: remove the link, or use a new --workdir")
+
+
 def _holder(lock_path):
     """Who holds a lock, as its file says ("process 123 on host"), or a vague phrase."""
     try:
@@ -149,14 +172,33 @@ def _probe_lock(workdir):
         os.close(fd)
 
 
+def has_checkpoint(workdir):
+    """Whether a run in `workdir` saved an epoch: only then does its config.json bind the
+    workdir (a run that failed before its first checkpoint may be started with another)."""
+    for which in ("latest", "best"):
+        folder = os.path.join(workdir, "checkpoints", which)
+        if os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder)):
+            return True
+    return False
+
+
+def _check_saved(workdir, saved, config_dict, resumable):
+    """True when config.json is to be replaced (another config, nothing saved yet);
+    UserError when it differs from a run that saved an epoch."""
+    if saved is None or not config_differences(saved, config_dict, resumable):
+        return False
+    if has_checkpoint(workdir):
+        check_config(workdir, saved, config_dict, resumable)
+    return True
+
+
 def inspect(workdir, config_dict, resumable=RESUMABLE_CHANGES):
     """Refuse, reading only, a workdir this run cannot use (see the module docstring)."""
     _check_path(workdir)
     if os.path.isdir(workdir):
+        refuse_links(workdir)
         _probe_lock(workdir)
-        saved = read_config(workdir)
-        if saved is not None:
-            check_config(workdir, saved, config_dict, resumable)
+        _check_saved(workdir, read_config(workdir), config_dict, resumable)
 
 
 def _unwritable(workdir, e):
@@ -169,26 +211,27 @@ def create_config(workdir, config_dict, resumable=RESUMABLE_CHANGES):
     path = os.path.join(workdir, CONFIG_NAME)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w") as f:
+        if os.path.lexists(tmp):
+            os.remove(tmp)  # left by a killed process with our pid; never followed
+        with files.open_new(tmp) as f:
             json.dump(config_dict, f, indent=2, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
         try:
             os.link(tmp, path)  # fails if the file exists: created exactly once.
         except FileExistsError:
-            check_config(workdir, read_config(workdir), config_dict, resumable)
+            if _check_saved(workdir, read_config(workdir), config_dict, resumable):
+                os.replace(tmp, path)  # under the lock; the earlier run saved nothing
         except OSError as e:
             if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
                 raise
             saved = read_config(workdir)  # no hard links here: the lock keeps this safe.
-            if saved is None:
+            if saved is None or _check_saved(workdir, saved, config_dict, resumable):
                 os.replace(tmp, path)
-            else:
-                check_config(workdir, saved, config_dict, resumable)
     except PermissionError as e:
         raise _unwritable(workdir, e) from None
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
 
 
@@ -208,14 +251,25 @@ class RunLock:
         if not self.enabled:
             return self
         _check_path(self.workdir)
+        if os.path.isdir(self.workdir):
+            refuse_links(self.workdir)
         try:
             os.makedirs(self.workdir, exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # O_NOFOLLOW: a link planted after the check is refused (ELOOP), never followed
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+                os.close(self.fd)
+                self.fd = None
+                raise UserError(f"{self.path} is not a regular file; remove it, or use a new "
+                                "--workdir")
         except PermissionError as e:
             raise _unwritable(self.workdir, e) from None
         except OSError as e:
             if e.errno == errno.EROFS:
                 raise _unwritable(self.workdir, e) from None
+            if e.errno == errno.ELOOP:
+                raise UserError(f"{self.path} is a symbolic link; remove it, or use a new "
+                                "--workdir") from None
             raise UserError(f"workdir {self.workdir} cannot be used ({e.strerror}); pass "
                             "another --workdir") from None
         try:

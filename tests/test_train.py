@@ -106,6 +106,7 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, override, mat
 
 def test_workdir_with_another_config_is_refused(tmp_path):
     checkpoints.write_config(str(tmp_path), json.loads(tiny_config().to_json()))
+    os.makedirs(tmp_path / "checkpoints" / "latest" / "1")  # the run saved an epoch
     with pytest.raises(UserError, match="seed"):
         train.train_and_evaluate(tiny_config(seed=5), str(tmp_path))
 
