@@ -7,6 +7,7 @@ This file is kept short: the work is in `mgr_jax.train`, importable and testable
 input (a flag, a config field, the workdir, data, weights) is one line on stderr and exit
 status 2; a diverged run is one line and status 3.
 """
+import ast
 import os
 import signal
 import stat
@@ -73,13 +74,14 @@ def _config_file_error(e):
 
 
 def _config_path(argv):
-    """The --config file's path as given (None when the flag is absent)."""
+    """The --config file's path as given, the last one counting (None when absent)."""
+    path = None
     for i, arg in enumerate(argv[1:], 1):
         if arg.startswith(("--config=", "-config=")):
-            return arg.partition("=")[2]
-        if arg in ("--config", "-config") and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
+            path = arg.partition("=")[2]
+        elif arg in ("--config", "-config") and i + 1 < len(argv):
+            path = argv[i + 1]
+    return path
 
 
 def _check_config_file(path):
@@ -98,6 +100,19 @@ def _check_config_file(path):
                         f"get_config(), e.g. {config_lib.DEFAULTS}")
 
 
+def _defines_get_config(path):
+    """Whether the config file defines get_config at its top level (read, not run)."""
+    try:
+        with open(path.split(":", 1)[0]) as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return True  # let the loader's own error speak
+    names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    names |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+              if isinstance(t, ast.Name)}
+    return "get_config" in names
+
+
 def parse(argv, fv=FLAGS):
     """Parse `argv` into `fv` and load the config; UserError (one line) for any problem."""
     _check_config_file(_config_path(argv))
@@ -112,8 +127,10 @@ def parse(argv, fv=FLAGS):
                         f"are documented in {config_lib.DEFAULTS})") from None
     except flags.Error as e:
         if "--config must have a value other than None" in str(e):
-            raise UserError(f"--config={_config_path(argv)}: get_config() returned None; it must "
-                            "return an ml_collections.ConfigDict") from None
+            raise _config_file_error(AttributeError(
+                "module has no attribute 'get_config'") if not _defines_get_config(
+                _config_path(argv)) else ValueError("get_config() returned None, not a "
+                                                    "ConfigDict")) from None
         raise UserError(f"{_one_line(e)} (see --helpfull)") from None
     except Exception as e:  # noqa: BLE001 (whatever the config file itself raised)
         raise _config_file_error(e) from None

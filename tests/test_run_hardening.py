@@ -125,10 +125,30 @@ def test_flag_errors_are_one_line(tmp_path):
     for extra, match in (("--config.no_such_field=1", "no field 'no_such_field'"),
                          ("--config.data.image_sise=3", "no field 'image_sise'"),
                          ("--config.seed=abc", "--config.seed=abc"),
-                         ("--config=configs/nonexist.py", "could not be loaded")):
+                         ("--config=configs/nonexist.py", "No such file")):
         with pytest.raises(UserError, match=match) as err:
             _parse(base + [extra])
         assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("body,match", [
+    ("def get_config():\n    return None\n", "get_config\\(\\) returned None, not a ConfigDict"),
+    ("x = 1\n", "it defines no get_config"),
+    ("def get_config():\n    return 1 / 0\n", "ZeroDivisionError"),
+    ("def get_config():\n    return get_config()\n", "RecursionError"),
+    ("def get_config():\n    raise KeyError('boom')\n", "KeyError: 'boom'"),
+    ("fifo", "is not a regular file"),
+])
+def test_config_files_that_fail_are_one_line(tmp_path, body, match):
+    path = str(tmp_path / "config.py")
+    if body == "fifo":
+        os.mkfifo(path)  # would block the reader forever
+    else:
+        with open(path, "w") as f:
+            f.write(body)
+    with pytest.raises(UserError, match=match) as err:
+        _parse(["main", f"--config={path}", f"--workdir={tmp_path}/run"])
+    assert "\n" not in str(err.value) and not os.path.exists(tmp_path / "run")
 
 
 def test_cli_unknown_field_is_one_line_and_exit_2(tmp_path):
