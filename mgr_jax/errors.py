@@ -5,6 +5,11 @@ class UserError(Exception):
     """Bad input from the user (config value, path, checkpoint): say what and how to fix it."""
 
 
+class Interrupted(Exception):
+    """The run was asked to stop (Ctrl-C, SIGTERM) and stopped between two steps; args: the
+    last epoch saved."""
+
+
 class TrainingDiverged(Exception):
     """A value the run depends on became NaN or infinite: args (first bad step[, what is left]);
     `what` names the value ("the loss", "the synthetic loss syn", "the validation loss")."""

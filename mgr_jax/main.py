@@ -12,12 +12,13 @@ import os
 import signal
 import stat
 import sys
+import threading
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mgr_jax import compile_cache, config_lib, multihost, train
-from mgr_jax.errors import TrainingDiverged, UserError
+from mgr_jax.errors import Interrupted, TrainingDiverged, UserError
 
 FLAGS = flags.FLAGS
 
@@ -153,22 +154,28 @@ def _parse_or_exit(argv):
         sys.exit(2)
 
 
-def _stop_on_sigterm(signum, frame):
-    """SIGTERM (a scheduler's stop) unwinds like Ctrl-C: saves under way finish, workers end."""
-    del signum, frame
-    raise KeyboardInterrupt
+def _stop_on_signals(stop):
+    """Ctrl-C and SIGTERM (a scheduler's stop) set `stop`: the run ends after its current step,
+    its saves finished and its input workers ended. A second signal stops at once."""
+    def handler(signum, frame):
+        del frame
+        stop.set()
+        signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else
+                      signal.default_int_handler)
+    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
 
 
 def run(fv=FLAGS):
     """Train per parsed flags; returns the exit status."""
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
-    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    stop = threading.Event()
+    previous = _stop_on_signals(stop)
     try:
         config_lib.validate(fv.config)  # before anything, jax.distributed included
         compile_cache.enable(fv.compilation_cache)
         multihost.initialize(fv.config, multihost.fingerprint(
             config_lib.to_dict(fv.config), fv.workdir, fv.max_epochs_this_run))
-        train.train_and_evaluate(fv.config, fv.workdir, fv.max_epochs_this_run)
+        train.train_and_evaluate(fv.config, fv.workdir, fv.max_epochs_this_run, stop=stop)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -178,12 +185,15 @@ def run(fv=FLAGS):
               f"{left[1:]} (lower optimizer.lr or lambda_ and start again with a new "
               "--workdir)", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        print(f"error: stopped by Ctrl-C or SIGTERM; the epochs saved so far are kept in "
-              f"{fv.workdir}: run the same command to resume", file=sys.stderr)
+    except (Interrupted, KeyboardInterrupt) as e:
+        saved = e.args[0] if isinstance(e, Interrupted) and e.args else None
+        print(f"error: stopped by Ctrl-C or SIGTERM{' after epoch ' + str(saved) if saved else ''};"
+              f" the epochs saved so far are kept in {fv.workdir}: run the same command to "
+              "resume", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     return 0
 
 

@@ -24,7 +24,7 @@ from mgr_jax.classifier import (
     eval_step,
 )
 from mgr_jax.data import loader
-from mgr_jax.errors import TrainingDiverged, UserError
+from mgr_jax.errors import Interrupted, TrainingDiverged, UserError
 from mgr_jax.run_log import RunLog
 
 __all__ = ["TrainingDiverged", "evaluate", "restore_state", "setup", "train_and_evaluate"]
@@ -110,12 +110,14 @@ def restore_state(config, workdir, which="latest"):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       max_epochs_this_run=None):
+                       max_epochs_this_run=None, stop=None):
     """Train per the config, keep the best-validation epoch, return the results dict.
 
     Re-running on the same workdir resumes from the latest good checkpoint.
     `max_epochs_this_run` stops early after that many epochs (a resumable pause, as a time
-    limit would). Everything is checked before anything is written: the config, the workdir
+    limit would). `stop` (a `threading.Event`, set by a signal handler, say) ends the run
+    between two steps with `errors.Interrupted`, the saves under way finished: the run resumes
+    from its last saved epoch. Everything is checked before anything is written: the config, the workdir
     (`workdir.inspect`), what the batch sizes need of memory, the data, weights and
     generator (`setup`); the run then holds the workdir's lock until it returns.
 
@@ -137,7 +139,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             stack.enter_context(workdir_lib.RunLock(workdir, config_dict,
                                                     enabled=multihost.is_primary()))
         return _run(config, workdir, max_epochs_this_run, mesh, pipeline, model, method, state,
-                    loop_rng)
+                    loop_rng, stop)
 
 
 def _warn(line):
@@ -171,7 +173,8 @@ def _diverged(error, workdir, saved_epoch, epoch):
     return TrainingDiverged(error.args[0], left, what=error.what)
 
 
-def _run(config, workdir, max_epochs_this_run, mesh, pipeline, model, method, state, loop_rng):
+def _run(config, workdir, max_epochs_this_run, mesh, pipeline, model, method, state, loop_rng,
+         stop):
     """The epoch loop of `train_and_evaluate`, under the workdir's lock."""
     ckpt = checkpoints.RunCheckpoints(workdir, keep_best=config.keep_best_checkpoint)
     log = None
@@ -193,11 +196,13 @@ def _run(config, workdir, max_epochs_this_run, mesh, pipeline, model, method, st
             for epoch in range(loop["epoch"] + 1, last + 1):
                 progress["epoch"] = epoch
                 state = _epoch(config, epoch, jitted, eval_fn, state, pipeline, mesh, loop_rng,
-                               log, loop)
+                               log, loop, stop)
                 ckpt.save(epoch, state, loop, loop["best_epoch"] == epoch)
                 progress["saved"] = epoch
         except TrainingDiverged as e:
             raise _diverged(e, workdir, progress["saved"], progress["epoch"]) from None
+        except Interrupted:
+            raise Interrupted(progress["saved"]) from None
     finally:
         pipeline.close()  # input workers end here, however the loop ended
         ckpt.close()
@@ -209,11 +214,11 @@ def _run(config, workdir, max_epochs_this_run, mesh, pipeline, model, method, st
     return results.write_results(workdir, config, pipeline, loop, write=multihost.is_primary())
 
 
-def _epoch(config, epoch, method, eval_fn, state, pipeline, mesh, loop_rng, log, loop):
+def _epoch(config, epoch, method, eval_fn, state, pipeline, mesh, loop_rng, log, loop, stop):
     """Train one epoch, evaluate it, log it; updates `loop` and returns the new state."""
     t0 = time.time()
     state, train_metrics = _train_epoch(config, method, state, pipeline, epoch, mesh, loop_rng,
-                                        log)
+                                        log, stop)
     steps_per_s = pipeline.steps_per_epoch / max(time.time() - t0, 1e-9)
     val_top1, val_loss = evaluate(eval_fn, state, pipeline, "val")
     is_best = val_top1 > loop["best_val_top1"]
@@ -242,7 +247,7 @@ def _means(sums, counts):
     return out
 
 
-def _train_epoch(config, method, state, pipeline, epoch, mesh, loop_rng, log):
+def _train_epoch(config, method, state, pipeline, epoch, mesh, loop_rng, log, stop):
     """Run one epoch of `method` (its steps jitted); host syncs only every `log_every_steps`
     steps and at the end. The step number comes from a host count, not from the state."""
     pending, sums, counts, count = [], {}, {}, 0
@@ -256,6 +261,8 @@ def _train_epoch(config, method, state, pipeline, epoch, mesh, loop_rng, log):
             sums[k] = v if k not in sums else jnp.add(sums[k], v)
             counts[k] = counts.get(k, 0) + 1
         count += 1
+        if stop is not None and stop.is_set():
+            raise Interrupted()
         if len(pending) == config.log_every_steps:
             _check_finite(pending, first + count - len(pending))
             log.write("train", first + count, _means(sums, counts), epoch=epoch)

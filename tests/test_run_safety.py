@@ -7,6 +7,10 @@ giving inf, a save that fails like a full disk) and checks the line and what is 
 import errno
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +31,9 @@ from mgr_jax import (
 from mgr_jax import workdir as workdir_lib
 from mgr_jax.errors import TrainingDiverged, UserError
 from tests.helpers import tiny_config
+from tests.test_datasets import _image_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("name", ["run.lock", "metrics.jsonl", "config.json", "results.json",
@@ -180,3 +187,43 @@ def test_a_step_counter_past_int32_is_refused():
     config = tiny_config(**{"num_epochs": 100000})
     with pytest.raises(UserError, match="past the int32 step counter"):
         classifier.create_learning_rate_fn(config, 30000)
+
+
+def _children(pid):
+    """Child processes of `pid`, whichever of its threads started them."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(c) for c in f.read().split()]
+    return found
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc")
+def test_sigterm_stops_between_steps_ends_the_workers_and_resumes(tmp_path):
+    folder = str(tmp_path / "folder")
+    _image_folder(folder, [40, 40, 40])
+    cmd = [sys.executable, "-m", "mgr_jax.main", "--config=configs/imagefolder.py",
+           f"--workdir={tmp_path}/run", f"--config.data.manual_dir={folder}",
+           "--config.model.init_checkpoint=", "--config.method=base",
+           "--config.data.num_workers=2", "--config.num_epochs=40", "--config.batch_size=8",
+           "--config.eval_batch_size=16", "--config.data.image_size=16",
+           "--config.model.arch=resnet10", "--config.model.width=0.125",
+           "--config.data.val_fraction=0.2"]
+    out = open(tmp_path / "out.txt", "w")  # noqa: SIM115
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while "epoch   1/" not in (tmp_path / "out.txt").read_text() and process.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = _children(process.pid)
+    assert len(workers) >= 2  # grain's two workers (and its resource tracker)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    out.close()
+    assert process.returncode == 130
+    lines = [ln for ln in err.splitlines() if "resource_tracker" not in ln and "warnings.warn" not in ln]
+    assert len(lines) == 1 and lines[0].startswith("error: stopped by Ctrl-C or SIGTERM after epoch")
+    time.sleep(2)
+    assert not [w for w in workers if os.path.exists(f"/proc/{w}")], "workers left running"
+    saved = os.listdir(tmp_path / "run" / "checkpoints" / "latest")
+    assert saved and all(s.isdigit() for s in saved)  # the save under way was finished
