@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters import cli, torch_pickle
+from converters import checks, cli, input_files, torch_pickle
 from converters.errors import ConversionError
+from converters.torch_tensors import short_repr
 from mgr_jax import variables_io
 from mgr_jax.models.biggan import _ARCH_MULTIPLIERS, BigGAN
 
@@ -49,12 +50,16 @@ def _read_kwargs(kwargs_json, kwargs):
     """Merge a JSON kwargs file (plain dict or {"G_kwargs": {...}}) under explicit kwargs."""
     merged = {}
     if kwargs_json is not None:
-        with open(kwargs_json) as f:
-            data = json.load(f)
+        data = input_files.read_json(kwargs_json)
+        data = data.get("G_kwargs", data)
         if not isinstance(data, dict):
-            raise ConversionError(f"{kwargs_json}: expected a JSON object of Generator kwargs")
-        merged.update(data.get("G_kwargs", data))
+            raise ConversionError(f"{kwargs_json}: G_kwargs is not a JSON object of Generator "
+                                  "kwargs")
+        merged.update(data)
     merged.update(kwargs)
+    if not all(isinstance(k, str) for k in merged):
+        raise ConversionError(f"BigGAN kwargs have names that are not strings: "
+                              f"{short_repr(sorted(map(repr, merged)))}")
     if merged.get("mybn"):
         raise ConversionError("mybn=True checkpoints (layers.myBN) are not supported")
     unknown = sorted(k for k in merged if k not in OFFICIAL_DEFAULTS and k not in _TRAINING_ONLY
@@ -133,6 +138,14 @@ def infer_kwargs(sd):
     return out
 
 
+def _int_or_none(value):
+    """`value` as an int if it is an integer (or an integral float), else None."""
+    try:
+        return checks.integer(value, "value", -(1 << 62), 1 << 62)
+    except ConversionError:
+        return None
+
+
 def _check_kwargs(given, inferred):
     """Raise naming the first kwarg that contradicts the state_dict; return module kwargs."""
     kw = dict(OFFICIAL_DEFAULTS)
@@ -148,28 +161,64 @@ def _check_kwargs(given, inferred):
             resolutions = [2 ** (j + 3) for j in range(nslots - 1)]
             ok = _attn_set(value, resolutions) == _attn_set(want, resolutions)
         elif name == "dim_z" and inferred["hier"][0]:
-            ok = int(value) // nslots == want // nslots  # the official code truncates dim_z
-        elif name == "shared_dim" and int(value) == 0:
+            given_z = _int_or_none(value)  # the official code truncates dim_z
+            ok = given_z is not None and given_z // nslots == want // nslots
+        elif name == "shared_dim" and _int_or_none(value) == 0:
             ok = want == kw["dim_z"]  # 0 means "same as dim_z"
         elif name == "G_param":
             ok = (value == "SN") == (want == "SN")
         elif isinstance(want, bool):
-            ok = bool(value) == want
+            ok = isinstance(value, (bool, int)) and bool(value) == want
         else:
-            try:
-                ok = int(value) == want
-            except (TypeError, ValueError):
-                ok = False
+            ok = _int_or_none(value) == want
         if not ok:
             raise ConversionError(f"BigGAN kwarg {name}={value!r} does not match the checkpoint: "
                                   f"{evidence}, which means {name}={want!r}")
-    kw["G_attn"] = str(kw["G_attn"])
-    for name in ("BN_eps", "SN_eps"):
-        kw[name] = float(kw[name])
-    if kw["norm_style"] not in ("bn", "in", "nonorm"):
-        raise ConversionError(f"norm_style={kw['norm_style']!r} is not supported: expected bn, "
-                              "in or nonorm")
-    return kw
+    return check_fields(kw)
+
+
+def check_fields(kw):
+    """BigGAN module settings with every value checked (kind and range; sizes within
+    `converters.checks` limits); ConversionError naming the first bad one."""
+    if not isinstance(kw, dict):
+        raise ConversionError("the BigGAN settings are not a dict")
+    fields = set(OFFICIAL_DEFAULTS) | {"precision"}
+    unknown = sorted(str(k) for k in kw if k not in fields)
+    if unknown:
+        raise ConversionError(f"BigGAN settings the module does not take: {unknown[:5]}")
+    kw = dict(OFFICIAL_DEFAULTS, **kw)
+    integer, number = checks.integer, checks.number
+    if not isinstance(kw["G_attn"], (str, int)) or isinstance(kw["G_attn"], bool):
+        raise ConversionError(f"G_attn={short_repr(kw['G_attn'])} is not '0' or resolutions "
+                              "joined by '_'")
+    out = {
+        "resolution": integer(kw["resolution"], "resolution", 1, checks.MAX_RESOLUTION),
+        "n_classes": integer(kw["n_classes"], "n_classes", 1, checks.MAX_CLASSES),
+        "G_ch": integer(kw["G_ch"], "G_ch", 1, checks.MAX_CHANNELS // 16),
+        "dim_z": integer(kw["dim_z"], "dim_z", 1, checks.MAX_CHANNELS),
+        "shared_dim": integer(kw["shared_dim"], "shared_dim", 0, checks.MAX_CHANNELS),
+        "hier": checks.boolean(kw["hier"], "hier"),
+        "G_shared": checks.boolean(kw["G_shared"], "G_shared"),
+        "G_attn": str(kw["G_attn"]),
+        "norm_style": checks.choice(kw["norm_style"], "norm_style", ("bn", "in", "nonorm")),
+        "num_G_SVs": integer(kw["num_G_SVs"], "num_G_SVs", 1, 16),
+        "num_G_SV_itrs": integer(kw["num_G_SV_itrs"], "num_G_SV_itrs", 0, 100),
+        "bottom_width": integer(kw["bottom_width"], "bottom_width", 1, 64),
+        "G_kernel_size": integer(kw["G_kernel_size"], "G_kernel_size", 1, 15),
+        "BN_eps": number(kw["BN_eps"], "BN_eps", 0.0, 1.0, positive=True),
+        "SN_eps": number(kw["SN_eps"], "SN_eps", 0.0, 1.0, positive=True),
+        "G_param": checks.choice(kw["G_param"], "G_param", ("SN", "ortho", "none")),
+    }
+    if out["resolution"] not in _ARCH_MULTIPLIERS:
+        raise ConversionError(f"resolution={out['resolution']} is not one of the official "
+                              f"{sorted(_ARCH_MULTIPLIERS)}")
+    _attn_set(out["G_attn"], [out["resolution"]])  # refuses a G_attn that does not parse
+    if "precision" in kw:
+        precision = kw["precision"]
+        if precision is not None:
+            checks.choice(precision, "precision", ("default", "high", "highest"))
+        out["precision"] = precision
+    return out
 
 
 def _target(key, expected):
@@ -210,10 +259,7 @@ def convert_state_dict(sd, kwargs_json=None, **kwargs):
     kw = _check_kwargs(given, infer_kwargs(sd))
     module = BigGAN(**kw)
     module = module.clone(dim_z=module.latent_dim)  # store the truncated size, as official
-    n = 2
-    shapes = jax.eval_shape(
-        module.init, jax.random.key(0), jnp.zeros((n, module.latent_dim)),
-        jnp.zeros((n,), jnp.int32))
+    shapes = _variable_shapes(module)
     expected = {c: flax.traverse_util.flatten_dict(t) for c, t in shapes.items()}
     got = {c: {} for c in expected}
     for key in sd:
@@ -229,6 +275,8 @@ def convert_state_dict(sd, kwargs_json=None, **kwargs):
                          and re.fullmatch(r"u\d+", k.rsplit(".", 1)[1])),
                         key=lambda k: int(k.rsplit(".u", 1)[1]))
             value = np.concatenate([sd[k].reshape(1, -1) for k in us], axis=0)
+            if not np.all(np.any(value != 0, axis=1)):  # sigma would be 0: w / 0
+                raise ConversionError(f"checkpoint key {key}: a spectral-norm u vector is zero")
         else:
             value = _to_flax(path[-1], sd[key])
         want = tuple(expected[coll][path].shape)
@@ -243,7 +291,7 @@ def convert_state_dict(sd, kwargs_json=None, **kwargs):
             raise ConversionError(f"checkpoint lacks {len(missing)} {coll} entries for BigGAN "
                                   f"{_describe(kw)}, e.g. {missing[:3]}")
     variables = {c: flax.traverse_util.unflatten_dict(t) for c, t in got.items() if t}
-    return module, variables
+    return module, checks.finite(variables, "G")
 
 
 def _describe(kw):
@@ -254,14 +302,22 @@ def _describe(kw):
 def convert(path, kwargs_json=None, **generator_kwargs):
     """(module, variables) for an official G_ema.pth / G.pth; kwargs as the official Generator."""
     sd = torch_pickle.load(path)
-    if not isinstance(sd, dict):
-        raise ConversionError(f"{path}: expected a state_dict, found {type(sd).__name__}")
+    if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
+        raise ConversionError(f"{path}: expected a state_dict (tensors by name), found "
+                              f"{type(sd).__name__}")
     other = next((k for k, v in sd.items() if not isinstance(v, np.ndarray)), None)
     if other is not None:  # e.g. a training checkpoint of another GAN: {"g": {...}, ...}
         raise ConversionError(f"{path}: not a BigGAN Generator state_dict: entry {other!r} is "
                               f"a {type(sd[other]).__name__}, not a tensor; first keys: "
                               f"{list(sd)[:5]}")
-    return convert_state_dict(sd, kwargs_json=kwargs_json, **generator_kwargs)
+    try:
+        return convert_state_dict(sd, kwargs_json=kwargs_json, **generator_kwargs)
+    except ConversionError as e:
+        raise ConversionError(f"{path}: {e}") from None
+    except (TypeError, KeyError, AttributeError, IndexError, OverflowError,
+            ZeroDivisionError) as e:  # odd tensors or settings: one line
+        raise ConversionError(f"{path}: not laid out as an official BigGAN generator "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
 
 
 def module_kwargs(module):
@@ -270,12 +326,18 @@ def module_kwargs(module):
             if f.name not in ("parent", "name")}
 
 
+def _variable_shapes(module):
+    """ShapeDtypeStructs of `module`'s variables (traced, nothing allocated)."""
+    return jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((2, module.latent_dim)),
+                          jnp.zeros((2,), jnp.int32))
+
+
 def load_converted(directory):
-    """(module, variables) from a directory written by this converter's CLI."""
-    variables, meta = variables_io.load_variables(directory)
-    if meta.get("kind") != "biggan":
-        raise ValueError(f"{directory} holds a {meta.get('kind')!r} model, not 'biggan'")
-    return BigGAN(**meta["module_kwargs"]), variables
+    """(module, variables) from a directory written by this converter's CLI; its meta.json
+    settings are checked as a checkpoint's, its variables against them."""
+    module, variables, _ = checks.load_converted(
+        directory, "biggan", lambda kw: BigGAN(**check_fields(kw)), _variable_shapes)
+    return module, variables
 
 
 def _parse_value(text):

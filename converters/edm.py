@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters import cli, torch_pickle
+from converters import checks, cli, input_files, torch_pickle
 from converters.errors import ConversionError
 from mgr_jax import variables_io
 from mgr_jax.models import edm
@@ -35,15 +35,24 @@ _SONGUNET_BLOCK = dict(num_heads=1, eps=1e-6, resample_proj=True, adaptive_scale
 
 
 class _Persistent:
-    """What a persistent object becomes here: its class name, state and init kwargs only."""
+    """What a persistent object becomes here: its class name, state and init kwargs only.
+
+    It keeps references to the state and the init kwargs, never copies: a pickle may hand one
+    memoized dict to any number of calls, and copies would escape the reader's memory budget.
+    """
 
     def __init__(self, meta):
         if not isinstance(meta, dict) or "state" not in meta or "class_name" not in meta:
             raise ConversionError("a persistent object without class_name/state")
-        self.class_name = str(meta["class_name"])
+        if not isinstance(meta["class_name"], str) or not isinstance(meta["state"], dict):
+            raise ConversionError("a persistent object whose class_name is not a string or "
+                                  "whose state is not a dict")
+        self.class_name = meta["class_name"]
         self.state = meta["state"]
-        kwargs = self.state.get("_init_kwargs", {}) if isinstance(self.state, dict) else {}
-        self.init_kwargs = dict(kwargs or {})
+        kwargs = self.state.get("_init_kwargs")
+        if not isinstance(kwargs, (dict, type(None))):
+            raise ConversionError(f"{self.class_name}: _init_kwargs is not a dict")
+        self.init_kwargs = {} if kwargs is None else kwargs
         # meta["module_src"] (the source text) is deliberately dropped unread.
 
     @property
@@ -63,7 +72,9 @@ def _reconstruct_persistent(meta):
 def _submodules(obj):
     """(name, child) pairs of a persistent module record or a recorded torch ModuleDict."""
     state = obj.state if isinstance(obj, _Persistent) else _module_state(obj)
-    modules = state.get("_modules", {}) or {}
+    modules = state.get("_modules") or {}
+    if not isinstance(modules, dict):
+        raise ConversionError(f"the _modules of a {type(obj).__name__} is not a dict")
     return [(str(k), v) for k, v in modules.items() if v is not None]
 
 
@@ -75,25 +86,48 @@ def _module_state(obj):
     return state
 
 
-def _tensors(obj, prefix=""):
+def _walk(root):
+    """[(dotted path, module)] of the tree under `root`, parents first, each module once.
+
+    A module reached twice (shared by two parents, or a cycle) is refused: the official
+    networks share none, and walking every path of such a tree takes exponential time.
+    """
+    out, seen, todo = [], set(), [("", root)]
+    while todo:
+        path, obj = todo.pop()
+        if id(obj) in seen:
+            raise ConversionError(f"module {path} appears twice in the network (shared by two "
+                                  "parents, or a cycle)")
+        seen.add(id(obj))
+        out.append((path, obj))
+        todo.extend((f"{path}.{name}" if path else name, child)
+                    for name, child in reversed(_submodules(obj)))
+    return out
+
+
+def _tensors(obj):
     """Flatten a module tree into {dotted name: (kind, array)}, kind "param" or "buffer"."""
-    state = obj.state if isinstance(obj, _Persistent) else _module_state(obj)
     out = {}
-    for kind, key in (("param", "_parameters"), ("buffer", "_buffers")):
-        for name, value in (state.get(key, {}) or {}).items():
-            if value is not None:
-                out[prefix + str(name)] = (kind, np.asarray(value))
-    for name, child in _submodules(obj):
-        out.update(_tensors(child, prefix + name + "."))
+    for path, module in _walk(obj):
+        state = module.state if isinstance(module, _Persistent) else _module_state(module)
+        for kind, key in (("param", "_parameters"), ("buffer", "_buffers")):
+            entries = state.get(key) or {}
+            if not isinstance(entries, dict):
+                raise ConversionError(f"{path or 'the network'}: {key} is not a dict")
+            for name, value in entries.items():
+                if value is None:
+                    continue
+                full = f"{path}.{name}" if path else str(name)
+                if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+                    raise ConversionError(f"{key[1:-1]} {full} is a {type(value).__name__}, "
+                                          "not a tensor of numbers")
+                out[full] = (kind, value)
     return out
 
 
-def _records(obj, prefix=""):
+def _records(obj):
     """Every persistent record in the tree: [(dotted path, _Persistent)]."""
-    out = [(prefix.rstrip("."), obj)] if isinstance(obj, _Persistent) else []
-    for name, child in _submodules(obj):
-        out.extend(_records(child, prefix + name + "."))
-    return out
+    return [(path, rec) for path, rec in _walk(obj) if isinstance(rec, _Persistent)]
 
 
 def _flax_path(torch_name, ndim):
@@ -163,26 +197,79 @@ def _settings_from(ema):
     for key in ("sigma_data", "sigma_min", "sigma_max"):
         # Attributes hold the values actually used, init kwargs only what was passed.
         if key in ema.state and not isinstance(ema.state[key], (dict, list)):
-            kw[key] = float(ema.state[key])
-    unknown = sorted(set(kw) - set(edm.SONGUNET_DEFAULTS))
+            kw[key] = ema.state[key]
+    return check_settings(kw)
+
+
+def _sigma(value, name, allow_inf=False):
+    """A noise level: finite and >= 0 (sigma_max may be infinite, the official default)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if allow_inf and isinstance(value, (str, float)) and value in ("inf", float("inf")):
+        return float("inf")
+    return checks.number(value, name, 0.0, 1e6)
+
+
+def check_settings(settings):
+    """EDMPrecond / SongUNet settings (official keyword names) with every value checked: the
+    kind and range of each, sizes within `converters.checks` limits; the full settings for
+    `edm.build`. ConversionError naming the first bad one."""
+    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
+        raise ConversionError("the EDMPrecond settings are not a dict of keyword names")
+    unknown = sorted(set(settings) - set(edm.SONGUNET_DEFAULTS))
     if unknown:
         raise ConversionError(f"EDMPrecond settings the port does not know: {unknown}")
-    out = {}
-    for key, value in kw.items():
-        if isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, (list, tuple)):
-            value = [int(v) for v in value]
-        out[key] = value
+    kw = dict(edm.SONGUNET_DEFAULTS, **settings)
+    out = {"model_type": checks.choice(kw["model_type"], "model_type", ("SongUNet",)),
+           "embedding_type": checks.choice(kw["embedding_type"], "embedding_type",
+                                           ("positional", "fourier")),
+           "encoder_type": checks.choice(kw["encoder_type"], "encoder_type",
+                                         ("standard", "skip", "residual")),
+           "decoder_type": checks.choice(kw["decoder_type"], "decoder_type",
+                                         ("standard", "skip")),
+           "use_fp16": checks.boolean(kw["use_fp16"], "use_fp16"),
+           "img_resolution": checks.integer(kw["img_resolution"], "img_resolution", 1,
+                                            checks.MAX_RESOLUTION),
+           "img_channels": checks.integer(kw["img_channels"], "img_channels", 1,
+                                          checks.MAX_IMAGE_CHANNELS),
+           "label_dim": checks.integer(kw["label_dim"], "label_dim", 0, checks.MAX_CLASSES),
+           "augment_dim": checks.integer(kw["augment_dim"], "augment_dim", 0,
+                                         checks.MAX_CHANNELS),
+           "model_channels": checks.integer(kw["model_channels"], "model_channels", 1,
+                                            checks.MAX_CHANNELS),
+           "channel_mult_emb": checks.integer(kw["channel_mult_emb"], "channel_mult_emb", 1,
+                                              64),
+           "channel_mult_noise": checks.integer(kw["channel_mult_noise"],
+                                                "channel_mult_noise", 1, 64),
+           "num_blocks": checks.integer(kw["num_blocks"], "num_blocks", 1, 64),
+           "dropout": checks.number(kw["dropout"], "dropout", 0.0, 1.0),
+           "label_dropout": checks.number(kw["label_dropout"], "label_dropout", 0.0, 1.0),
+           "sigma_min": _sigma(kw["sigma_min"], "sigma_min"),
+           "sigma_max": _sigma(kw["sigma_max"], "sigma_max", allow_inf=True),
+           "sigma_data": checks.number(kw["sigma_data"], "sigma_data", 0.0, 1e6, positive=True),
+           "channel_mult": checks.integers(kw["channel_mult"], "channel_mult", 1, 64, 16),
+           "attn_resolutions": checks.integers(kw["attn_resolutions"], "attn_resolutions", 1,
+                                               checks.MAX_ATTENTION_RESOLUTION, 16),
+           "resample_filter": checks.integers(kw["resample_filter"], "resample_filter", 0,
+                                              1 << 16, checks.MAX_FILTER_TAPS)}
+    levels = len(out["channel_mult"])
+    widest = out["model_channels"] * max(out["channel_mult"] + (out["channel_mult_emb"],
+                                                                out["channel_mult_noise"]))
+    if not levels or out["img_resolution"] % (1 << (levels - 1)):
+        raise ConversionError(f"img_resolution={out['img_resolution']} does not halve "
+                              f"{levels - 1} times (channel_mult has {levels} levels)")
+    if widest > checks.MAX_CHANNELS:
+        raise ConversionError(f"model_channels={out['model_channels']} times the channel "
+                              f"multipliers gives {widest} channels, past "
+                              f"{checks.MAX_CHANNELS}")
+    if not out["resample_filter"] or not sum(out["resample_filter"]):
+        raise ConversionError(f"resample_filter={list(out['resample_filter'])} sums to 0")
     return out
 
 
 def _assemble(module, tensors):
     """Variables pytree of `module` filled from {torch name: (kind, array)}; strict both ways."""
-    shapes = jax.eval_shape(
-        module.init, jax.random.PRNGKey(0),
-        jnp.zeros((1, module.img_resolution, module.img_resolution, module.img_channels)),
-        jnp.ones((1,)), jnp.zeros((1, module.label_dim)) if module.label_dim else None)
+    shapes = _variable_shapes(module)
     wanted = {tuple(getattr(k, "key", k) for k in path): leaf.shape
               for path, leaf in jax.tree_util.tree_leaves_with_path(shapes)}
     variables, seen = {}, set()
@@ -221,8 +308,7 @@ def _check_filters(tensors, resample_filter):
 
 def read_snapshot(path, key="ema"):
     """Unpickle `path` safely and return snapshot[key] as a record tree (no tensors converted)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such file: {path}")
+    path = input_files.regular_file(path)
     data = torch_pickle.load(path, extra_globals={
         _PERSISTENT: _reconstruct_persistent,
         _MODULE_DICT: torch_pickle.record_object(_MODULE_DICT),
@@ -249,9 +335,13 @@ def convert(path, key="ema"):
         _check_layers(_records(net))
         tensors = _tensors(net)
         _check_filters(tensors, module.resample_filter)
-        return module, _assemble(module, tensors)
+        return module, checks.finite(_assemble(module, tensors), key)
     except ConversionError as e:
         raise ConversionError(f"{path}: {e}") from None
+    except (TypeError, KeyError, AttributeError, IndexError, ValueError, OverflowError,
+            ZeroDivisionError) as e:  # an odd tree: one line
+        raise ConversionError(f"{path}: {key} is not laid out as the official EDM modules "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
 
 
 def save(path, out_dir, key="ema"):
@@ -263,13 +353,19 @@ def save(path, out_dir, key="ema"):
     return meta
 
 
+def _variable_shapes(module):
+    """ShapeDtypeStructs of `module`'s variables (traced, nothing allocated)."""
+    res, ch = module.img_resolution, module.img_channels
+    return jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, res, res, ch)),
+                          jnp.ones((1,)),
+                          jnp.zeros((1, module.label_dim)) if module.label_dim else None)
+
+
 def load_converted(out_dir):
-    """(module, variables) from a directory written by `save` / the command line."""
-    variables, meta = variables_io.load_variables(out_dir)
-    if meta.get("kind") != "edm":
-        raise ConversionError(f"{out_dir} holds a {meta.get('kind')!r} conversion, "
-                                    "not an EDM network")
-    module = edm.build(**meta["module_kwargs"])
+    """(module, variables) from a directory written by `save` / the command line; its
+    meta.json settings are checked as a snapshot's, its variables against them."""
+    module, variables, _ = checks.load_converted(
+        out_dir, "edm", lambda kw: edm.build(**check_settings(kw)), _variable_shapes)
     variables = jax.tree.map(lambda a: np.asarray(a, np.float32), variables)
     return module, variables
 

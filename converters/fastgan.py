@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters import cli, torch_pickle
+from converters import checks, cli, torch_pickle
 from converters.errors import ConversionError
 from mgr_jax import variables_io
 from mgr_jax.models.fastgan import (
@@ -101,15 +101,45 @@ def apply_ema(sd, g_ema, im_size):
     return out
 
 
+def check_fields(kw):
+    """FastGAN settings with every value checked (kind and range; sizes within
+    `converters.checks` limits); ConversionError naming the first bad one."""
+    if not isinstance(kw, dict):
+        raise ConversionError("the FastGAN settings are not a dict")
+    unknown = sorted(str(k) for k in kw if k not in ("ngf", "nz", "nc", "im_size", "precision"))
+    if unknown:
+        raise ConversionError(f"FastGAN settings the module does not take: {unknown[:5]}")
+    out = {"ngf": checks.integer(kw.get("ngf", 64), "ngf", 1, checks.MAX_CHANNELS // 16),
+           "nz": checks.integer(kw.get("nz", 100), "nz", 1, checks.MAX_CHANNELS),
+           "nc": checks.integer(kw.get("nc", 3), "nc", 1, checks.MAX_IMAGE_CHANNELS),
+           "im_size": checks.integer(kw.get("im_size", 1024), "im_size", 1,
+                                     checks.MAX_RESOLUTION)}
+    if out["im_size"] not in (256, 512, 1024):
+        raise ConversionError(f"im_size={out['im_size']} is not 256, 512 or 1024")
+    if "precision" in kw:
+        if kw["precision"] is not None:
+            checks.choice(kw["precision"], "precision", ("default", "high", "highest"))
+        out["precision"] = kw["precision"]
+    return out
+
+
+def _variable_shapes(module):
+    """ShapeDtypeStructs of `module`'s variables (traced, nothing allocated)."""
+    return jax.eval_shape(module.init, {"params": jax.random.key(0),
+                                        "noise": jax.random.key(1)}, jnp.zeros((1, module.nz)))
+
+
 def convert_state_dict(sd, g_ema=None):
     """(module, variables) from a generator state_dict (and an optional g_ema list)."""
+    if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
+        raise ConversionError(f"the generator is a {type(sd).__name__}, not a state_dict of "
+                              "tensors by name")
     sd = _strip(sd)
-    kw = infer_kwargs(sd)
+    kw = check_fields(infer_kwargs(sd))
     module = FastGAN(**kw)
     if g_ema is not None:
         sd = apply_ema(sd, g_ema, kw["im_size"])
-    shapes = jax.eval_shape(module.init, {"params": jax.random.key(0), "noise": jax.random.key(1)},
-                            jnp.zeros((1, kw["nz"])))
+    shapes = _variable_shapes(module)
     expected = {c: flax.traverse_util.flatten_dict(t) for c, t in shapes.items()}
     got = {c: {} for c in expected}
     used = set()
@@ -132,6 +162,9 @@ def convert_state_dict(sd, g_ema=None):
                 if tuple(value.shape) != want:
                     raise ConversionError(f"checkpoint key {key} has shape {sd[key].shape}, but "
                                           f"FastGAN {kw} expects {'/'.join(target)} {want}")
+                if coll == "spectral_norm" and not np.any(value):  # sigma would be 0: w / 0
+                    raise ConversionError(f"checkpoint key {key}: the spectral-norm vector is "
+                                          "zero")
                 got[coll][target] = value.astype(np.float32)
                 used.add(key)
             used.update(prefix + b for b in LAYER_BUFFERS[kind])
@@ -143,7 +176,8 @@ def convert_state_dict(sd, g_ema=None):
         missing = sorted("/".join(p) for p in leaves if p not in got[coll])
         if missing:  # the layout tables and the module disagree: a bug here, not in the file
             raise ConversionError(f"internal: no checkpoint entry for {coll} {missing[:3]}")
-    return module, {c: flax.traverse_util.unflatten_dict(t) for c, t in got.items()}
+    variables = {c: flax.traverse_util.unflatten_dict(t) for c, t in got.items()}
+    return module, checks.finite(variables, "g")
 
 
 def convert(path, use_ema=True):
@@ -156,12 +190,19 @@ def convert(path, use_ema=True):
     ck = torch_pickle.load(path)
     if not isinstance(ck, dict):
         raise ConversionError(f"{path}: expected a dict, found {type(ck).__name__}")
-    if "g" in ck:
-        if use_ema and "g_ema" not in ck:
-            raise ConversionError(f"{path} has no 'g_ema' entry; pass use_ema=False (--raw) "
-                                  "for the raw generator 'g'")
-        return convert_state_dict(ck["g"], ck["g_ema"] if use_ema else None)
-    return convert_state_dict(ck)  # a bare generator state_dict, used as it is
+    if "g" in ck and use_ema and "g_ema" not in ck:
+        raise ConversionError(f"{path} has no 'g_ema' entry; pass use_ema=False (--raw) for "
+                              "the raw generator 'g'")
+    try:
+        if "g" in ck:
+            return convert_state_dict(ck["g"], ck["g_ema"] if use_ema else None)
+        return convert_state_dict(ck)  # a bare generator state_dict, used as it is
+    except ConversionError as e:
+        raise ConversionError(f"{path}: {e}") from None
+    except (TypeError, KeyError, AttributeError, IndexError, ValueError, OverflowError,
+            ZeroDivisionError) as e:  # odd tensors or settings: one line
+        raise ConversionError(f"{path}: not laid out as an official FastGAN checkpoint "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
 
 
 def module_kwargs(module):
@@ -171,11 +212,11 @@ def module_kwargs(module):
 
 
 def load_converted(directory):
-    """(module, variables) from a directory written by this converter's CLI."""
-    variables, meta = variables_io.load_variables(directory)
-    if meta.get("kind") != "fastgan":
-        raise ValueError(f"{directory} holds a {meta.get('kind')!r} model, not 'fastgan'")
-    return FastGAN(**meta["module_kwargs"]), variables
+    """(module, variables) from a directory written by this converter's CLI; its meta.json
+    settings are checked as a checkpoint's, its variables against them."""
+    module, variables, _ = checks.load_converted(
+        directory, "fastgan", lambda kw: FastGAN(**check_fields(kw)), _variable_shapes)
+    return module, variables
 
 
 def main(argv=None):

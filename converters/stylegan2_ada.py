@@ -17,7 +17,6 @@ CLI:  python -m converters.stylegan2_ada in.pkl OUT_DIR [--kwargs_json J.json] [
 OUT_DIR must be new, or an earlier conversion with --overwrite; errors are one line, status 2.
 """
 import dataclasses
-import json
 import os
 import sys
 
@@ -25,7 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters import cli, torch_pickle
+from converters import checks, cli, input_files, torch_pickle
+from converters.errors import ConversionError
+from converters.torch_tensors import short_repr
 from mgr_jax import files, variables_io
 from mgr_jax.models import stylegan2
 
@@ -47,9 +48,13 @@ class _PersistentObject:
     """What a `persistence._reconstruct_persistent_obj(meta)` call becomes: name and state only."""
 
     def __init__(self, meta):
-        meta = dict(meta)
+        # References, never copies: a memoized dict handed to many calls is not multiplied.
+        state = meta.get("state") if isinstance(meta, dict) else None
+        if not isinstance(meta, dict) or not isinstance(state, (dict, type(None))):
+            raise ConversionError("a persistent object whose meta is not a dict with a dict "
+                                  "'state'")
         self.class_name = meta.get("class_name")
-        self.state = meta.get("state") or {}
+        self.state = state or {}
         # meta["module_src"] (the pickled source text) is deliberately not kept.
 
 
@@ -94,7 +99,8 @@ def module_kwargs_from_G_kwargs(G_kwargs):
             elif key not in _IGNORED:
                 raise ValueError(f"unsupported StyleGAN2-ADA {section} entry {key!r}={value!r}")
     class_name = G_kwargs.get("class_name", "training.networks.Generator")
-    if not class_name.endswith(("training.networks.Generator", "networks_stylegan2.Generator")):
+    if not isinstance(class_name, str) or not class_name.endswith(
+            ("training.networks.Generator", "networks_stylegan2.Generator")):
         raise ValueError(f"class_name {class_name!r} is not the StyleGAN2(-ADA) Generator")
     for key, value in G_kwargs.items():
         if key in _FIELDS:
@@ -104,20 +110,76 @@ def module_kwargs_from_G_kwargs(G_kwargs):
     for key in ("z_dim", "c_dim", "w_dim", "img_resolution"):
         if key not in out:
             raise ValueError(f"generator kwargs lack {key!r} (have {sorted(out)})")
-    if "resample_filter" in out:
-        out["resample_filter"] = tuple(int(t) if float(t).is_integer() else float(t)
-                                       for t in np.asarray(out["resample_filter"]).ravel())
-    if out.get("conv_clamp") is not None:
-        out["conv_clamp"] = float(out["conv_clamp"])
+    return check_fields(out)
+
+
+def _optional(value, check, *args):
+    return None if value is None else check(value, *args)
+
+
+def _filter_taps(value):
+    """resample_filter: 1..MAX_FILTER_TAPS finite numbers that do not sum to 0."""
+    if isinstance(value, np.ndarray):
+        value = value.ravel().tolist()
+    if not isinstance(value, (list, tuple)) or not 0 < len(value) <= checks.MAX_FILTER_TAPS:
+        raise ConversionError(f"resample_filter={short_repr(value)} is not a list of 1.."
+                              f"{checks.MAX_FILTER_TAPS} numbers")
+    taps = tuple(checks.number(t, f"resample_filter[{i}]", -1e6, 1e6)
+                 for i, t in enumerate(value))
+    if not sum(taps):
+        raise ConversionError(f"resample_filter={list(taps)} sums to 0")
+    return tuple(int(t) if t.is_integer() else t for t in taps)
+
+
+def check_fields(module_kwargs):
+    """`stylegan2.Generator` fields with every value checked (kind and range; sizes within
+    `converters.checks` limits); ConversionError naming the first bad one."""
+    if not isinstance(module_kwargs, dict):
+        raise ConversionError("the generator settings are not a dict")
+    unknown = sorted(str(k) for k in module_kwargs if k not in _FIELDS)
+    missing = [k for k in ("z_dim", "c_dim", "w_dim", "img_resolution") if k not in module_kwargs]
+    if unknown or missing:
+        raise ConversionError(f"generator settings: unknown {unknown[:5]}, missing {missing}")
+    kw, out = module_kwargs, {}
+    integer, number = checks.integer, checks.number
+    out["z_dim"] = integer(kw["z_dim"], "z_dim", 0, checks.MAX_CHANNELS)
+    out["c_dim"] = integer(kw["c_dim"], "c_dim", 0, checks.MAX_CLASSES)
+    out["w_dim"] = integer(kw["w_dim"], "w_dim", 1, checks.MAX_CHANNELS)
+    res = out["img_resolution"] = integer(kw["img_resolution"], "img_resolution", 4,
+                                          checks.MAX_RESOLUTION)
+    if res & (res - 1):
+        raise ConversionError(f"img_resolution={res} is not a power of two")
+    fields = {
+        "img_channels": lambda v: integer(v, "img_channels", 1, checks.MAX_IMAGE_CHANNELS),
+        "mapping_layers": lambda v: integer(v, "mapping_layers", 0, checks.MAX_LAYERS),
+        "embed_features": lambda v: _optional(v, integer, "embed_features", 1,
+                                              checks.MAX_CHANNELS),
+        "layer_features": lambda v: _optional(v, integer, "layer_features", 1,
+                                              checks.MAX_CHANNELS),
+        "mapping_activation": lambda v: checks.choice(v, "mapping_activation",
+                                                      ("linear", "relu", "lrelu")),
+        "mapping_lr_multiplier": lambda v: number(v, "mapping_lr_multiplier", 0.0, 1e3,
+                                                  positive=True),
+        "channel_base": lambda v: integer(v, "channel_base", res, 1 << 20),
+        "channel_max": lambda v: integer(v, "channel_max", 1, checks.MAX_CHANNELS),
+        "architecture": lambda v: checks.choice(v, "architecture", ("orig", "skip", "resnet")),
+        "conv_clamp": lambda v: _optional(v, number, "conv_clamp", 0.0, 1e6, True),
+        "resample_filter": _filter_taps,
+        "use_noise": lambda v: checks.boolean(v, "use_noise"),
+        "dtype": lambda v: checks.choice(v, "dtype", ("float32", "bfloat16", "float16")),
+        "upsample_impl": lambda v: checks.choice(v, "upsample_impl",
+                                                 ("transposed", "fir_first")),
+    }
+    for key, check in fields.items():
+        if key in kw:
+            out[key] = check(kw[key])
     return out
 
 
 def build_module(module_kwargs):
-    """`stylegan2.Generator` from JSON-like kwargs (lists become the tuples Flax can hash)."""
-    kwargs = dict(module_kwargs)
-    if "resample_filter" in kwargs:
-        kwargs["resample_filter"] = tuple(kwargs["resample_filter"])
-    return stylegan2.Generator(**kwargs)
+    """`stylegan2.Generator` from JSON-like kwargs (lists become the tuples Flax can hash),
+    every field checked (`check_fields`)."""
+    return stylegan2.Generator(**check_fields(module_kwargs))
 
 
 def module_kwargs_of(module):
@@ -146,7 +208,7 @@ def variables_from_state_dict(state_dict, module):
     if any(k.startswith("synthesis.input.") for k in state_dict):
         raise ValueError("this is a StyleGAN3 generator (synthesis.input.*), which this "
                          "StyleGAN2-ADA converter does not handle")
-    want = jax.eval_shape(lambda: stylegan2.init_variables(module, jax.random.key(0)))
+    want = _variable_shapes(module)
     flat = {}
     used = set()
     for path, spec in jax.tree_util.tree_flatten_with_path(want)[0]:
@@ -178,28 +240,46 @@ def variables_from_state_dict(state_dict, module):
         node = variables
         for name in names[:-1]:
             node = node.setdefault(name, {})
-        node[names[-1]] = jnp.asarray(value)
-    return variables
+        node[names[-1]] = value
+    checks.finite(variables, "G")
+    return jax.tree.map(jnp.asarray, variables)
 
 
-def _state_dict_of(obj, prefix=""):
-    """Flatten a persistent module tree into torch `state_dict` keys -> numpy arrays."""
-    state = obj.state
-    skip = set(state.get("_non_persistent_buffers_set") or ())
-    out = {}
-    for name, value in dict(state.get("_parameters") or {}).items():
-        if value is not None:
-            out[prefix + name] = np.asarray(value)
-    for name, value in dict(state.get("_buffers") or {}).items():
-        if value is not None and name not in skip:
-            out[prefix + name] = np.asarray(value)
-    for name, child in dict(state.get("_modules") or {}).items():
-        if child is None:
-            continue
-        if not isinstance(child, _PersistentObject):
-            raise ValueError(f"{prefix + name} is a {type(child).__name__}, not a module of the "
-                             "official StyleGAN2-ADA code")
-        out.update(_state_dict_of(child, prefix + name + "."))
+def _entries(state, key, where):
+    entries = state.get(key) or {}
+    if not isinstance(entries, dict):
+        raise ConversionError(f"{where or 'G'}: {key} is not a dict")
+    return entries
+
+
+def _state_dict_of(root):
+    """Flatten a persistent module tree into torch `state_dict` keys -> numpy arrays.
+
+    Iterative, each module once: a module reached twice (shared, or a cycle) is refused, as
+    walking every path of such a tree takes exponential time; the official G shares none.
+    """
+    out, seen, todo = {}, set(), [("", root)]
+    while todo:
+        prefix, obj = todo.pop()
+        if id(obj) in seen:
+            raise ConversionError(f"module {prefix[:-1]} appears twice in the network")
+        seen.add(id(obj))
+        state = obj.state
+        if not isinstance(state, dict):
+            raise ConversionError(f"the state of {prefix[:-1] or 'G'} is not a dict")
+        skip = state.get("_non_persistent_buffers_set") or ()
+        skip = set(skip) if isinstance(skip, (set, frozenset, list, tuple)) else set()
+        for key in ("_parameters", "_buffers"):
+            for name, value in _entries(state, key, prefix[:-1]).items():
+                if value is not None and not (key == "_buffers" and name in skip):
+                    out[prefix + str(name)] = np.asarray(value)
+        for name, child in reversed(list(_entries(state, "_modules", prefix[:-1]).items())):
+            if child is None:
+                continue
+            if not isinstance(child, _PersistentObject):
+                raise ValueError(f"{prefix}{name} is a {type(child).__name__}, not a module of "
+                                 "the official StyleGAN2-ADA code")
+            todo.append((f"{prefix}{name}.", child))
     return out
 
 
@@ -218,7 +298,10 @@ def read_checkpoint(path, key="G_ema"):
                              "converter does not map; pass the hyper-parameters as kwargs")
         init_kwargs = obj.state.get("_init_kwargs")
         init_kwargs = dict(init_kwargs) if init_kwargs is not None else None
-        return _state_dict_of(obj), init_kwargs, obj.state.get("num_ws")
+        try:
+            return _state_dict_of(obj), init_kwargs, obj.state.get("num_ws")
+        except ConversionError as e:
+            raise ConversionError(f"{path}: {key}: {e}") from None
     if isinstance(obj, dict) and all(isinstance(v, np.ndarray) for v in obj.values()):
         return dict(obj), None, None
     raise ValueError(f"{path}: neither a StyleGAN2-ADA snapshot with {key!r} nor a state_dict "
@@ -231,34 +314,59 @@ def convert(path, kwargs_json=None, key="G_ema", **G_kwargs):
     Hyper-parameters: the snapshot's init kwargs, updated by `kwargs_json` (a file) and then by
     `G_kwargs` (official layout or Generator field names, e.g. dtype="bfloat16").
     """
+    try:
+        return _convert(path, kwargs_json, key, G_kwargs)
+    except (TypeError, KeyError, AttributeError, IndexError, OverflowError,
+            ZeroDivisionError) as e:  # an odd tree or odd settings: one line
+        raise ConversionError(f"{path}: not laid out as an official StyleGAN2-ADA generator "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
+def _convert(path, kwargs_json, key, G_kwargs):  # noqa: N803 (official name)
     state_dict, init_kwargs, num_ws = read_checkpoint(path, key=key)
     kwargs = dict(init_kwargs or {})
     explicit = {}
     if kwargs_json is not None:
-        with open(kwargs_json) as f:
-            loaded = json.load(f)
-        explicit.update(loaded.get("G_kwargs", loaded))
+        loaded = input_files.read_json(kwargs_json)
+        loaded = loaded.get("G_kwargs", loaded)
+        if not isinstance(loaded, dict):
+            raise ConversionError(f"{kwargs_json}: G_kwargs is not a JSON object")
+        explicit.update(loaded)
     explicit.update(G_kwargs)
     for section in ("mapping_kwargs", "synthesis_kwargs"):  # merge sections, don't replace
         if section in explicit:
-            explicit[section] = {**dict(kwargs.get(section) or {}), **dict(explicit[section])}
+            if not isinstance(explicit[section], dict) or not isinstance(
+                    kwargs.get(section) or {}, dict):
+                raise ConversionError(f"{section} is not a dict of settings")
+            explicit[section] = {**(kwargs.get(section) or {}), **explicit[section]}
     kwargs.update(explicit)
     if not kwargs:
         raise ValueError(f"{path} holds no hyper-parameters (a state_dict): pass them, e.g. "
                          "convert(path, kwargs_json='G_kwargs.json') or convert(path, **G_kwargs)")
-    module = build_module(module_kwargs_from_G_kwargs(kwargs))
-    if num_ws is not None and int(num_ws) != module.num_ws:
+    try:
+        module = build_module(module_kwargs_from_G_kwargs(kwargs))
+    except ConversionError as e:
+        raise ConversionError(f"{path}: {e}") from None
+    if num_ws is not None and checks.integer(num_ws, "num_ws", 0, 1 << 16) != module.num_ws:
         raise ValueError(f"{path}: the snapshot's G has {num_ws} ws, the rebuilt one "
                          f"{module.num_ws}; check the hyper-parameters")
-    return module, variables_from_state_dict(state_dict, module)
+    try:
+        return module, variables_from_state_dict(state_dict, module)
+    except ConversionError as e:
+        raise ConversionError(f"{path}: {e}") from None
+
+
+def _variable_shapes(module):
+    """ShapeDtypeStructs of `module`'s variables (traced, nothing allocated)."""
+    return jax.eval_shape(lambda: stylegan2.init_variables(module, jax.random.key(0)))
 
 
 def load_converted(directory):
-    """(stylegan2.Generator, variables) from a directory written by `save_converted`."""
-    variables, meta = variables_io.load_variables(directory)
-    if meta.get("kind") != KIND:
-        raise ValueError(f"{directory} holds {meta.get('kind')!r} variables, not {KIND!r}")
-    return build_module(meta["module_kwargs"]), variables
+    """(stylegan2.Generator, variables) from a directory written by `save_converted`; its
+    meta.json is checked as a snapshot's settings are, its variables against it."""
+    module, variables, _ = checks.load_converted(directory, KIND, build_module,
+                                                 _variable_shapes)
+    return module, variables
 
 
 def save_converted(directory, module, variables, source):
@@ -303,6 +411,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     def write(staged):
+        checks.number(args.truncation_psi, "--truncation_psi", -10.0, 10.0)
         module, variables = convert(args.checkpoint, kwargs_json=args.kwargs_json, key=args.key)
         save_converted(staged, module, variables, os.path.abspath(args.checkpoint))
         grid = sample_grid(module, variables, jax.random.key(args.seed),

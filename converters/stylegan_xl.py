@@ -34,10 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters import cli, torch_pickle
+from converters import checks, cli, input_files, torch_pickle
 from converters import stylegan2_ada as sg2_converter
 from converters.errors import ConversionError
 from converters.pickle_globals import unknown_global
+from converters.torch_tensors import short_repr
 from mgr_jax import variables_io
 from mgr_jax.models import stylegan_xl
 
@@ -47,6 +48,14 @@ _GENERATOR_CLASSES = ("Generator", "SuperresGenerator")
 _SAFE_TYPES = {"NoneType": type(None), "bool": bool, "int": int, "float": float,
                "complex": complex, "str": str, "bytes": bytes, "list": list, "tuple": tuple,
                "dict": dict, "set": set, "frozenset": frozenset, "slice": slice, "range": range}
+_DTYPES = ("float32", "bfloat16", "float16")  # synthesis compute dtypes
+_MODULE_FIELDS = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "input_spec",
+                  "layers", "mapping_layers", "mapping_lr_multiplier", "num_embeddings",
+                  "embedding_dim", "output_scale", "dtype")
+_OPTIONAL = ("mapping_layers", "mapping_lr_multiplier", "num_embeddings", "embedding_dim",
+             "output_scale", "dtype", "down_radial", "conv_clamp")
+_MAX_SIZE = 4 * checks.MAX_RESOLUTION  # feature-map sizes, padding, sampling rates
+_MAX_UPSAMPLED = 16 * checks.MAX_RESOLUTION  # a layer's upsampled, padded feature map
 
 
 
@@ -56,12 +65,19 @@ _SAFE_TYPES = {"NoneType": type(None), "bool": bool, "int": int, "float": float,
 
 
 class _PersistentObject:
-    """What `persistence._reconstruct_persistent_obj(meta)` becomes: class name and state only."""
+    """What `persistence._reconstruct_persistent_obj(meta)` becomes: class name and state only.
+
+    It keeps a reference to the state dict, never a copy: a pickle may hand one memoized dict
+    to any number of calls, and copies would escape the reader's memory budget.
+    """
 
     def __init__(self, meta):
-        meta = dict(meta)
+        state = meta.get("state") if isinstance(meta, dict) else None
+        if not isinstance(meta, dict) or not isinstance(state, (dict, type(None))):
+            raise ConversionError("a persistent object whose meta is not a dict with a dict "
+                                  "'state'")
         self.class_name = meta.get("class_name")
-        self.state = dict(meta.get("state") or {})
+        self.state = {} if state is None else state
         # meta["module_src"] (the pickled source text) is deliberately not kept.
 
 
@@ -85,16 +101,17 @@ def _own_globals():
 
 def read_snapshot(path, key="G_ema"):
     """The persistent-object tree of `key` in a StyleGAN-XL snapshot; refuses stubs in it."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not isinstance(key, str):
+        raise ConversionError(f"key={short_repr(key)} is not the name of a snapshot entry")
+    path = input_files.regular_file(path)
     # D (a ProjectedDiscriminator pickled by reference: timm, pg_modules, torch.nn) is read as
     # inert records of its unknown globals; what G_ema uses must be allowed (checked below).
     obj = torch_pickle.load(path, extra_globals=_own_globals(), stub_unknown=True)
     if isinstance(obj, _PersistentObject):  # a generator pickled on its own
         obj = {key: obj}
     if not isinstance(obj, dict) or key not in obj:
-        what = f"keys {sorted(map(str, obj))}" if isinstance(obj, dict) else type(obj).__name__
+        names = sorted(str(k)[:40] for k in list(obj)[:9]) if isinstance(obj, dict) else None
+        what = f"keys {names}" if isinstance(obj, dict) else type(obj).__name__
         raise ConversionError(f"{path}: not a StyleGAN-XL snapshot with {key!r} ({what})")
     net = obj[key]
     found = torch_pickle.find_unknown_global(net)
@@ -104,7 +121,7 @@ def read_snapshot(path, key="G_ema"):
             "(nothing of it was imported or run)")
     if not isinstance(net, _PersistentObject) or net.class_name not in _GENERATOR_CLASSES:
         name = getattr(net, "class_name", type(net).__name__)
-        raise ConversionError(f"{path}: {key} is a {name}, not a StyleGAN-XL "
+        raise ConversionError(f"{path}: {key} is a {short_repr(name)}, not a StyleGAN-XL "
                               f"{' / '.join(_GENERATOR_CLASSES)}")
     return net
 
@@ -123,15 +140,18 @@ def _attr(obj, name, where):
 
 def _child(obj, name, where):
     modules = obj.state.get("_modules") or {}
-    if modules.get(name) is None:
+    if not isinstance(modules, dict) or modules.get(name) is None:
         raise ConversionError(f"{where} lacks the module {name!r}")
     return modules[name]
 
 
 def _tensor(obj, name, where, kind="_parameters"):
-    value = (obj.state.get(kind) or {}).get(name)
+    entries = obj.state.get(kind) or {}
+    value = entries.get(name) if isinstance(entries, dict) else None
     if value is None:
         raise ConversionError(f"{where} lacks {kind[1:-1]} {name!r}")
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+        raise ConversionError(f"{where}.{name} is a {type(value).__name__}, not a tensor")
     return np.asarray(value, np.float32)
 
 
@@ -139,10 +159,14 @@ def _fc(obj, where, activation, lr=None):
     """(lr_multiplier, {"weight": (in, out), "bias"}) of a FullyConnectedLayer; checks it."""
     got = _attr(obj, "activation", where)
     if got != activation:
-        raise ConversionError(f"{where}: activation {got!r}, expected {activation!r}")
+        raise ConversionError(f"{where}: activation {short_repr(got)}, expected {activation!r}")
     weight = _tensor(obj, "weight", where)
-    bias_gain = float(_attr(obj, "bias_gain", where))
-    weight_gain = float(_attr(obj, "weight_gain", where))
+    if weight.ndim != 2 or not weight.size:
+        raise ConversionError(f"{where}.weight has shape {weight.shape}, not (out, in)")
+    bias_gain = checks.number(_attr(obj, "bias_gain", where), f"{where}.bias_gain", 0.0, 1e3,
+                              positive=True)
+    weight_gain = checks.number(_attr(obj, "weight_gain", where), f"{where}.weight_gain", 0.0,
+                                1e3, positive=True)
     if lr is not None and not math.isclose(bias_gain, lr, rel_tol=1e-6):
         raise ConversionError(f"{where}: lr_multiplier {bias_gain}, expected {lr}")
     if not math.isclose(weight_gain, bias_gain / math.sqrt(weight.shape[1]), rel_tol=1e-6):
@@ -153,7 +177,8 @@ def _fc(obj, where, activation, lr=None):
 
 def _mapping(mapping, c_dim):
     """(Generator fields, params, buffers) of the MappingNetwork."""
-    fields = {"mapping_layers": int(_attr(mapping, "num_layers", "mapping"))}
+    fields = {"mapping_layers": checks.integer(_attr(mapping, "num_layers", "mapping"),
+                                               "mapping.num_layers", 0, checks.MAX_LAYERS)}
     params = {}
     lr = None
     for i in range(fields["mapping_layers"]):
@@ -162,11 +187,14 @@ def _mapping(mapping, c_dim):
     fields["mapping_lr_multiplier"] = lr if lr is not None else 0.01
     if c_dim > 0:
         embed = _child(mapping, "embed", "mapping")
-        if not isinstance(embed, torch_pickle.RecordedObject):
+        if not isinstance(embed, torch_pickle.RecordedObject) or not isinstance(embed.state,
+                                                                                dict):
             raise ConversionError("mapping.embed is not a torch.nn.Embedding")
         if embed.state.get("max_norm") is not None:  # would renormalise rows at lookup
             raise ConversionError("mapping.embed has max_norm set, which is not supported")
         weight = _tensor(embed, "weight", "mapping.embed")
+        if weight.ndim != 2:
+            raise ConversionError(f"mapping.embed.weight has shape {weight.shape}")
         fields["num_embeddings"], fields["embedding_dim"] = map(int, weight.shape)
         if fields["num_embeddings"] < c_dim:
             raise ConversionError(f"mapping.embed has {fields['num_embeddings']} rows for "
@@ -178,13 +206,20 @@ def _mapping(mapping, c_dim):
     return fields, params, buffers
 
 
+def _pair(value):
+    """A size attribute (one number or a pair) as a list of two (unchecked) values."""
+    value = value.tolist() if isinstance(value, np.ndarray) else value
+    if isinstance(value, (list, tuple)):
+        return list(value) if len(value) == 2 else [value, value]
+    return [value, value]
+
+
 def _input(obj):
-    """(InputSpec, params, buffers) of the SynthesisInput."""
+    """(InputSpec fields, params, buffers) of the SynthesisInput."""
     where = "synthesis.input"
-    size = np.broadcast_to(np.asarray(_attr(obj, "size", where)), [2])
-    spec = stylegan_xl.InputSpec(int(_attr(obj, "channels", where)), (int(size[0]),
-                                 int(size[1])), float(_attr(obj, "sampling_rate", where)),
-                                 float(_attr(obj, "bandwidth", where)))
+    spec = {"channels": _attr(obj, "channels", where), "size": _pair(_attr(obj, "size", where)),
+            "sampling_rate": _attr(obj, "sampling_rate", where),
+            "bandwidth": _attr(obj, "bandwidth", where)}
     _, affine = _fc(_child(obj, "affine", where), where + ".affine", "linear", 1.0)
     params = {"weight": _tensor(obj, "weight", where).T, "affine": affine}
     buffers = {n: _tensor(obj, n, where, "_buffers") for n in ("transform", "freqs", "phases")}
@@ -192,88 +227,102 @@ def _input(obj):
 
 
 def _layer(obj, name):
-    """(LayerSpec, params, buffers) of one SynthesisLayer, from its own attributes."""
+    """(LayerSpec fields, params, buffers) of one SynthesisLayer, from its own attributes."""
     where = f"synthesis.{name}"
     filters = {}
     for which in ("up_filter", "down_filter"):
-        value = (obj.state.get("_buffers") or {}).get(which)
-        if value is not None:
-            filters[which] = np.asarray(value, np.float32)
+        buffers = obj.state.get("_buffers") or {}
+        if isinstance(buffers, dict) and buffers.get(which) is not None:
+            filters[which] = _tensor(obj, which, where, "_buffers")
     up, down = filters.get("up_filter"), filters.get("down_filter")
     stored_radial = bool(obj.state.get("down_radial", False))
-    if down is not None and stored_radial != (down.ndim == 2):
+    if down is not None and (stored_radial != (down.ndim == 2) or down.ndim not in (1, 2)):
         raise ConversionError(f"{where}: down_radial is {stored_radial} but down_filter has "
                               f"shape {down.shape}")
     if up is not None and up.ndim != 1:
         raise ConversionError(f"{where}: a {up.ndim}-D up_filter is not supported")
     if down is not None and down.ndim == 2 and down.shape[0] != down.shape[1]:
         raise ConversionError(f"{where}: a non-square radial down_filter {down.shape}")
-    clamp = _attr(obj, "conv_clamp", where)
-    padding = tuple(int(p) for p in _attr(obj, "padding", where))
-    if len(padding) != 4:
-        raise ConversionError(f"{where}: padding {padding} is not (x0, x1, y0, y1)")
-    spec = stylegan_xl.LayerSpec(
-        name=name, in_channels=int(_attr(obj, "in_channels", where)),
-        out_channels=int(_attr(obj, "out_channels", where)),
-        is_torgb=bool(_attr(obj, "is_torgb", where)),
-        conv_kernel=int(_attr(obj, "conv_kernel", where)),
-        up_factor=int(_attr(obj, "up_factor", where)),
-        down_factor=int(_attr(obj, "down_factor", where)), padding=padding,
-        up_taps=1 if up is None else int(up.shape[0]),
-        down_taps=1 if down is None else int(down.shape[0]),
-        down_radial=down is not None and down.ndim == 2,
-        conv_clamp=None if clamp is None else float(clamp))
+    padding = _attr(obj, "padding", where)
+    spec = {"name": name, "in_channels": _attr(obj, "in_channels", where),
+            "out_channels": _attr(obj, "out_channels", where),
+            "is_torgb": _attr(obj, "is_torgb", where),
+            "conv_kernel": _attr(obj, "conv_kernel", where),
+            "up_factor": _attr(obj, "up_factor", where),
+            "down_factor": _attr(obj, "down_factor", where),
+            "padding": padding.tolist() if isinstance(padding, np.ndarray) else padding,
+            "up_taps": 1 if up is None else int(up.shape[0]),
+            "down_taps": 1 if down is None else int(down.shape[0]),
+            "down_radial": down is not None and down.ndim == 2,
+            "conv_clamp": _attr(obj, "conv_clamp", where)}
     _, affine = _fc(_child(obj, "affine", where), where + ".affine", "linear", 1.0)
     params = {"weight": _tensor(obj, "weight", where).transpose(2, 3, 1, 0),
               "bias": _tensor(obj, "bias", where), "affine": affine}
-    buffers = {"magnitude_ema": _tensor(obj, "magnitude_ema", where, "_buffers"), **filters}
-    _check_layer_size(obj, spec, where)
-    return spec, params, buffers
+    magnitude = _tensor(obj, "magnitude_ema", where, "_buffers")
+    if not np.all(magnitude > 0):  # its inverse square root scales the layer's input
+        raise ConversionError(f"{where}.magnitude_ema is {magnitude.tolist()}, not positive")
+    return spec, params, {"magnitude_ema": magnitude, **filters}
 
 
 def _check_layer_size(obj, spec, where):
     """The stored in_size / out_size agree with what the factors, padding and filters give."""
-    in_size = np.broadcast_to(np.asarray(_attr(obj, "in_size", where)), [2])
-    out_size = np.broadcast_to(np.asarray(_attr(obj, "out_size", where)), [2])
+    in_size, out_size = _pair(_attr(obj, "in_size", where)), _pair(_attr(obj, "out_size", where))
     for axis, (n, want) in enumerate(zip(in_size, out_size, strict=True)):
+        n = checks.integer(n, f"{where}.in_size", 1, _MAX_SIZE)
+        want = checks.integer(want, f"{where}.out_size", 1, _MAX_SIZE)
         pad = spec.padding[2 * axis] + spec.padding[2 * axis + 1]
-        full = (int(n) + spec.conv_kernel - 1) * spec.up_factor + pad
+        full = (n + spec.conv_kernel - 1) * spec.up_factor + pad
+        if not 1 <= full <= _MAX_UPSAMPLED:
+            raise ConversionError(f"{where}: in_size {in_size} upsampled and padded is {full} "
+                                  f"pixels along {'xy'[axis]}, outside 1..{_MAX_UPSAMPLED}")
         got = (full - spec.up_taps - spec.down_taps + 2 + spec.down_factor - 1) // spec.down_factor
-        if got != int(want):
-            raise ConversionError(f"{where}: in_size {list(in_size)} gives {got} outputs along "
-                                  f"{'xy'[axis]}, but out_size is {list(out_size)}")
+        if got != want:
+            raise ConversionError(f"{where}: in_size {in_size} gives {got} outputs along "
+                                  f"{'xy'[axis]}, but out_size is {out_size}")
+
+
+def _layer_names(synthesis):
+    names = _attr(synthesis, "layer_names", "synthesis")
+    if (not isinstance(names, (list, tuple)) or not 0 < len(names) <= checks.MAX_LAYERS
+            or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names)):
+        raise ConversionError(f"synthesis.layer_names={short_repr(names)} is not a list of at "
+                              f"most {checks.MAX_LAYERS} distinct names")
+    return names
 
 
 def module_and_variables(net):
     """(stylegan_xl.Generator, variables) from a G / G_ema persistent-object tree."""
-    c_dim = int(_attr(net, "c_dim", "G"))
+    c_dim = checks.integer(_attr(net, "c_dim", "G"), "G.c_dim", 0, checks.MAX_CLASSES)
     mapping, synthesis = _child(net, "mapping", "G"), _child(net, "synthesis", "G")
     fields, params_m, buffers_m = _mapping(mapping, c_dim)
     input_spec, params_s, buffers_s = _input(_child(synthesis, "input", "synthesis"))
     params_s, buffers_s = {"input": params_s}, {"input": buffers_s}
-    layers = []
-    for name in _attr(synthesis, "layer_names", "synthesis"):
-        spec, params_s[name], buffers = _layer(_child(synthesis, name, "synthesis"), name)
-        buffers_s[name] = buffers
+    layers, objs = [], []
+    for name in _layer_names(synthesis):
+        objs.append(_child(synthesis, name, "synthesis"))
+        spec, params_s[name], buffers_s[name] = _layer(objs[-1], name)
         layers.append(spec)
-    module = stylegan_xl.Generator(
-        z_dim=int(_attr(net, "z_dim", "G")), c_dim=c_dim, w_dim=int(_attr(net, "w_dim", "G")),
-        img_resolution=int(_attr(net, "img_resolution", "G")),
-        img_channels=int(_attr(net, "img_channels", "G")), input_spec=input_spec,
-        layers=tuple(layers), output_scale=float(_attr(synthesis, "output_scale", "synthesis")),
-        **fields)
+    module = build_module({
+        "z_dim": _attr(net, "z_dim", "G"), "c_dim": c_dim, "w_dim": _attr(net, "w_dim", "G"),
+        "img_resolution": _attr(net, "img_resolution", "G"),
+        "img_channels": _attr(net, "img_channels", "G"), "input_spec": input_spec,
+        "layers": layers, "output_scale": _attr(synthesis, "output_scale", "synthesis"),
+        **fields})
+    for obj, spec in zip(objs, module.layers, strict=True):
+        _check_layer_size(obj, spec, f"synthesis.{spec.name}")
     for where, obj in (("G", net), ("mapping", mapping), ("synthesis", synthesis)):
         num_ws = obj.state.get("num_ws")
-        if num_ws is not None and int(num_ws) != module.num_ws:
-            raise ConversionError(f"{where}.num_ws is {num_ws} but layer_names gives "
-                                  f"{module.num_ws} ws (input + {len(layers)} layers)")
+        if num_ws is not None and num_ws != module.num_ws:
+            raise ConversionError(f"{where}.num_ws is {short_repr(num_ws)} but layer_names "
+                                  f"gives {module.num_ws} ws (input + {len(layers)} layers)")
     variables = {"params": {"mapping": params_m, "synthesis": params_s},
                  "buffers": {"mapping": buffers_m, "synthesis": buffers_s}}
     return module, _checked(module, variables)
 
 
 def _checked(module, variables):
-    """variables as jnp arrays, after checking tree and shapes against the module's own."""
+    """variables as jnp arrays, after checking tree and shapes against the module's own, and
+    that every tensor is finite."""
     want = stylegan_xl.variable_shapes(module)
     got_paths = {jax.tree_util.keystr(p): v for p, v in
                  jax.tree_util.tree_flatten_with_path(variables)[0]}
@@ -288,17 +337,26 @@ def _checked(module, variables):
         if tuple(value.shape) != tuple(want_paths[key].shape):
             raise ConversionError(f"{key}: snapshot shape {value.shape} (after the layout "
                                   f"change) != model shape {want_paths[key].shape}")
+    checks.finite(variables, "G")
     return jax.tree.map(jnp.asarray, variables)
+
+
+_CONVERT_ERRORS = (TypeError, KeyError, AttributeError, IndexError, ValueError, OverflowError,
+                   ZeroDivisionError)
 
 
 def convert(path, key="G_ema", dtype="float32"):
     """(stylegan_xl.Generator, variables) from an official StyleGAN-XL snapshot (.pkl[.xz])."""
+    dtype = checks.choice(dtype, "dtype", _DTYPES)
     net = read_snapshot(path, key=key)
     try:
         module, variables = module_and_variables(net)
-    except (TypeError, KeyError, AttributeError, IndexError) as e:  # an odd tree: one line
+    except ConversionError as e:
+        raise ConversionError(f"{path}: {key}: {e}") from None
+    except _CONVERT_ERRORS as e:  # an odd tree: one line
         raise ConversionError(f"{path}: {key} is not laid out as the official StyleGAN-XL "
-                              f"modules ({type(e).__name__}: {e})") from e
+                              f"modules ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:200]})") from None
     return module.clone(dtype=jnp.dtype(dtype)), variables
 
 
@@ -318,15 +376,97 @@ def module_kwargs_of(module):
             "output_scale": module.output_scale, "dtype": jnp.dtype(module.dtype).name}
 
 
+def _fields(given, names, where):
+    """`given` (a dict) if it has exactly the keys `names` (the optional ones may lack)."""
+    if not isinstance(given, dict):
+        raise ConversionError(f"{where} is a {type(given).__name__}, not a dict")
+    required = [n for n in names if n not in _OPTIONAL]
+    unknown = sorted(str(k) for k in given if k not in names)
+    missing = [n for n in required if n not in given]
+    if unknown or missing:
+        raise ConversionError(f"{where}: unknown fields {unknown[:5]}, missing {missing[:5]}")
+    return given
+
+
+def _input_spec(spec):
+    """InputSpec from its fields, each checked."""
+    _fields(spec, stylegan_xl.InputSpec._fields, "input_spec")
+    size = spec["size"]
+    if not isinstance(size, (list, tuple)) or len(size) != 2:
+        raise ConversionError(f"input_spec.size={short_repr(size)} is not (width, height)")
+    out = stylegan_xl.InputSpec(
+        channels=checks.integer(spec["channels"], "input_spec.channels", 1,
+                                checks.MAX_CHANNELS),
+        size=checks.integers(size, "input_spec.size", 1, _MAX_SIZE),
+        sampling_rate=checks.number(spec["sampling_rate"], "input_spec.sampling_rate", 0.0,
+                                    _MAX_SIZE, positive=True),
+        bandwidth=checks.number(spec["bandwidth"], "input_spec.bandwidth", 0.0, _MAX_SIZE,
+                                positive=True))
+    if not out.bandwidth < out.sampling_rate / 2:  # the band's damping divides by the gap
+        raise ConversionError(f"input_spec.bandwidth={out.bandwidth:g} is not below half the "
+                              f"sampling_rate {out.sampling_rate:g}")
+    return out
+
+
+def _layer_spec(layer, i):
+    """LayerSpec from its fields, each checked."""
+    where = f"layers[{i}]"
+    _fields(layer, stylegan_xl.LayerSpec._fields, where)
+    name = layer["name"]
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConversionError(f"{where}.name={short_repr(name)} is not a layer name")
+    padding = layer["padding"]
+    if not isinstance(padding, (list, tuple)) or len(padding) != 4:
+        raise ConversionError(f"{where}.padding={short_repr(padding)} is not (x0, x1, y0, y1)")
+    clamp = layer.get("conv_clamp", 256.0)
+    return stylegan_xl.LayerSpec(
+        name=name,
+        in_channels=checks.integer(layer["in_channels"], f"{where}.in_channels", 1,
+                                   checks.MAX_CHANNELS),
+        out_channels=checks.integer(layer["out_channels"], f"{where}.out_channels", 1,
+                                    checks.MAX_CHANNELS),
+        is_torgb=checks.boolean(layer["is_torgb"], f"{where}.is_torgb"),
+        conv_kernel=checks.integer(layer["conv_kernel"], f"{where}.conv_kernel", 1, 15),
+        up_factor=checks.integer(layer["up_factor"], f"{where}.up_factor", 1, 16),
+        down_factor=checks.integer(layer["down_factor"], f"{where}.down_factor", 1, 16),
+        padding=checks.integers(padding, f"{where}.padding", -_MAX_SIZE, _MAX_SIZE),
+        up_taps=checks.integer(layer["up_taps"], f"{where}.up_taps", 1, checks.MAX_FILTER_TAPS),
+        down_taps=checks.integer(layer["down_taps"], f"{where}.down_taps", 1,
+                                 checks.MAX_FILTER_TAPS),
+        down_radial=checks.boolean(layer.get("down_radial", False), f"{where}.down_radial"),
+        conv_clamp=None if clamp is None else checks.number(
+            clamp, f"{where}.conv_clamp", 0.0, 1e6, positive=True))
+
+
 def build_module(module_kwargs):
-    """`stylegan_xl.Generator` from `module_kwargs_of` output (lists back to tuples)."""
-    kwargs = dict(module_kwargs)
-    spec = dict(kwargs.pop("input_spec"))
-    kwargs["input_spec"] = stylegan_xl.InputSpec(**{**spec, "size": tuple(spec["size"])})
-    kwargs["layers"] = tuple(stylegan_xl.LayerSpec(**{**layer, "padding": tuple(
-        layer["padding"])}) for layer in kwargs.pop("layers"))
-    kwargs["dtype"] = jnp.dtype(kwargs.get("dtype", "float32"))
-    return stylegan_xl.Generator(**kwargs)
+    """`stylegan_xl.Generator` from `module_kwargs_of` output (lists back to tuples), every
+    field checked (kind and range; sizes within `converters.checks` limits)."""
+    kw = _fields(module_kwargs, _MODULE_FIELDS, "module_kwargs")
+    layers = kw["layers"]
+    if not isinstance(layers, (list, tuple)) or not 0 < len(layers) <= checks.MAX_LAYERS:
+        raise ConversionError(f"layers is not a list of 1..{checks.MAX_LAYERS} layer specs")
+    layers = tuple(_layer_spec(layer, i) for i, layer in enumerate(layers))
+    if len({spec.name for spec in layers}) != len(layers):
+        raise ConversionError("two layers have the same name")
+    c_dim = checks.integer(kw["c_dim"], "c_dim", 0, checks.MAX_CLASSES)
+    return stylegan_xl.Generator(
+        z_dim=checks.integer(kw["z_dim"], "z_dim", 1, checks.MAX_CHANNELS), c_dim=c_dim,
+        w_dim=checks.integer(kw["w_dim"], "w_dim", 1, checks.MAX_CHANNELS),
+        img_resolution=checks.integer(kw["img_resolution"], "img_resolution", 1,
+                                      checks.MAX_RESOLUTION),
+        img_channels=checks.integer(kw["img_channels"], "img_channels", 1,
+                                    checks.MAX_IMAGE_CHANNELS),
+        input_spec=_input_spec(kw["input_spec"]), layers=layers,
+        mapping_layers=checks.integer(kw.get("mapping_layers", 2), "mapping_layers", 0,
+                                      checks.MAX_LAYERS),
+        mapping_lr_multiplier=checks.number(kw.get("mapping_lr_multiplier", 0.01),
+                                            "mapping_lr_multiplier", 0.0, 1e3, positive=True),
+        num_embeddings=checks.integer(kw.get("num_embeddings", 1000), "num_embeddings",
+                                      max(c_dim, 1), checks.MAX_CLASSES),
+        embedding_dim=checks.integer(kw.get("embedding_dim", 320), "embedding_dim", 1,
+                                     checks.MAX_CHANNELS),
+        output_scale=checks.number(kw.get("output_scale", 0.25), "output_scale", -1e3, 1e3),
+        dtype=jnp.dtype(checks.choice(kw.get("dtype", "float32"), "dtype", _DTYPES)))
 
 
 def save_converted(directory, module, variables, source):
@@ -336,11 +476,11 @@ def save_converted(directory, module, variables, source):
 
 
 def load_converted(directory):
-    """(stylegan_xl.Generator, variables) from a directory written by `save_converted`."""
-    variables, meta = variables_io.load_variables(directory)
-    if meta.get("kind") != KIND:
-        raise ValueError(f"{directory} holds {meta.get('kind')!r} variables, not {KIND!r}")
-    return build_module(meta["module_kwargs"]), jax.tree.map(jnp.asarray, variables)
+    """(stylegan_xl.Generator, variables) from a directory written by `save_converted`; its
+    meta.json is checked as a snapshot's attributes are, its variables against it."""
+    module, variables, _ = checks.load_converted(directory, KIND, build_module,
+                                                 stylegan_xl.variable_shapes)
+    return module, jax.tree.map(jnp.asarray, variables)
 
 
 @functools.lru_cache(maxsize=8)
@@ -363,6 +503,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     def write(staged):
+        checks.number(args.truncation_psi, "--truncation_psi", -10.0, 10.0)
+        checks.integer(args.cols, "--cols", 1, 64)
         module, variables = convert(args.checkpoint, key=args.key)
         grid = sg2_converter.sample_grid(module, variables, jax.random.key(args.seed),
                                          cols=args.cols, truncation_psi=args.truncation_psi)

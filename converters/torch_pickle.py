@@ -19,6 +19,7 @@ a bare storage comes back as a 1-D array. Callers extend the allow-list of globa
 for module classes whose trees a converter walks (see its docstring).
 
 What the reader refuses (docs/threat_model.md):
+* a path that is not a regular file (a FIFO, a device, a directory), before it is opened;
 * any global outside the allow-list (`UnsafePickleError`, naming it; nothing is imported);
 * calls of anything but allow-listed callables and stand-in classes; `numpy.ndarray(...)` and
   builtin types asked to allocate from a number (`bytearray(2**40)`) or to copy without limit;
@@ -46,6 +47,7 @@ import os
 import pickle
 import zipfile
 
+from converters import input_files
 from converters import torch_tensors as tt
 from converters.errors import CheckpointFormatError, FormatProblem, UnsafePickleError
 from converters.pickle_globals import (
@@ -380,12 +382,9 @@ def load(path, extra_globals=None, stub_unknown=False):
     discriminator): the caller must refuse the records in the part it uses
     (`find_unknown_global`).
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if os.path.isdir(path):
-        raise CheckpointFormatError(f"{path}: is a directory, not a checkpoint file")
-    with open(path, "rb") as f:
+    # A regular file only: a FIFO would block, a device would be read without end.
+    with input_files.open_regular(path, "checkpoint", CheckpointFormatError) as f:
+        path = os.fsdecode(os.fspath(path))
         size = os.fstat(f.fileno()).st_size
         reader = _Reader(extra_globals, size, stub_unknown)
         return _read_guarded(path, lambda: reader.read_top(f))

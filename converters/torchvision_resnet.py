@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters import cli, torch_pickle
+from converters import checks, cli, torch_pickle
 from mgr_jax.models import resnet
 from mgr_jax.variables_io import save_variables
 
@@ -295,8 +295,9 @@ def convert(path, num_classes=None, fc_seed=0, dtype=jnp.float32):
     """A torchvision ResNet `.pth` (zip or legacy torch.save) -> (module, variables)."""
     state_dict = torch_pickle.load(path)
     try:
-        return convert_state_dict(state_dict, num_classes, fc_seed=fc_seed, source=str(path),
-                                  dtype=dtype)
+        module, variables = convert_state_dict(state_dict, num_classes, fc_seed=fc_seed,
+                                               source=str(path), dtype=dtype)
+        return module, checks.finite(variables, "the state_dict")
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 

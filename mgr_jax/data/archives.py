@@ -3,10 +3,25 @@ random-access sources and the dataset description handed to the pipeline.
 
 Nothing here imports TensorFlow Datasets: the tfds builder base is in `builder.py`, imported
 only when a paper dataset is loaded. Loader workers import this module and `transforms.py`.
+
+Reading is bounded (docs/threat_model.md): an official file must be a regular file (a FIFO
+or a device is refused before it is opened); an archive member is read only if its header
+declares at most MAX_MEMBER_BYTES, and one pass over an archive may decompress and hand out at
+most ARCHIVE_RATIO x the archive's size + ARCHIVE_FLOOR bytes; a member named twice is
+refused. A .mat file (at most MAX_MAT_BYTES) is read once: its compressed variables are
+decompressed here, counted against MAT_RATIO x its size + MAT_FLOOR bytes together with the
+cells and struct fields its arrays declare (at most MAX_MAT_NESTING deep), and scipy then
+reads the decompressed copy.
 """
+import bz2
 import dataclasses
+import gzip
 import io
+import lzma
+import math
 import os
+import stat
+import struct
 import tarfile
 import zlib
 
@@ -18,32 +33,103 @@ from mgr_jax.errors import UserError
 DOCS = "docs/datasets.md"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 # Errors that a damaged archive or annotation file raises while it is read.
-_READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError, ValueError, KeyError,
-                IndexError, TypeError, UnicodeDecodeError)
+_READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError, ValueError,
+                KeyError, IndexError, TypeError, UnicodeDecodeError)
+MAX_MEMBER_BYTES = 64 << 20  # one archive member (far more than any official file's)
+ARCHIVE_RATIO, ARCHIVE_FLOOR = 64, 256 << 20  # bytes one pass may decompress and hand out
+MAX_MAT_BYTES = 64 << 20  # a .mat file (the official ones are under 1 MB)
+MAT_RATIO, MAT_FLOOR = 16, 32 << 20  # bytes a .mat file may expand to
+MAX_MAT_NESTING = 32  # cells / structs inside cells / structs
+_CHUNK = 1 << 20
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
 
 
 def where(manual_dir):
     return f"data.manual_dir (now {manual_dir!r}; see {DOCS})"
 
 
+def non_regular(path):
+    """None if `path` is a regular file (links followed), else what it is: "missing",
+    "a FIFO (named pipe)", "a directory", ... (checked before anything opens it)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except (OSError, ValueError) as e:
+        return f"unreadable ({type(e).__name__}: {e})"
+    if stat.S_ISREG(mode):
+        return None
+    return next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+class _TooLarge(Exception):
+    """A bound of this module was reached while reading; the message says which."""
+
+
+class _Counted:
+    """A binary stream whose reads are charged to a `_Budget` (decompressed bytes)."""
+
+    def __init__(self, f, budget):
+        self._f, self._budget = f, budget
+
+    def read(self, n=-1):
+        data = self._f.read(n if n is not None and n >= 0 else _CHUNK)
+        self._budget.charge(len(data))
+        return data
+
+
+class _Budget:
+    """Bytes one read may still produce: `limit`, named `what` in the message."""
+
+    def __init__(self, limit, what):
+        self.limit, self.what, self.used = limit, what, 0
+
+    def charge(self, nbytes):
+        self.used += nbytes
+        if self.used > self.limit:
+            raise _TooLarge(f"{self.what} expands past {self.limit:,} bytes (a decompression "
+                            "bomb?)")
+
+
+def _decompressed(raw):
+    """A reader of the decompressed bytes of archive file `raw` (gzip, bzip2, xz or none)."""
+    head = raw.read(6)
+    raw.seek(0)
+    if head[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if head[:3] == b"BZh":
+        return bz2.BZ2File(raw)
+    if head == b"\xfd7zXZ\x00":
+        return lzma.LZMAFile(raw)
+    return raw
+
+
 class OfficialFiles:
     """The official files of one dataset in `manual_dir`: checked up front, then read.
 
     Construction fails fast, in well under a second, with one UserError line per problem
-    (a missing file, or one that is not a readable archive / .mat file), before any long
-    streaming read starts. Later read errors name the file as well.
+    (a missing file, one that is not a regular file, or one that is not a readable archive /
+    .mat file), before any long streaming read starts. Later read errors name the file as
+    well. A .mat file is read once: the check's result is kept for the reads after it.
     """
 
     def __init__(self, dataset, manual_dir, names):
         self.dataset, self.manual_dir = dataset, manual_dir
+        self._mats = {}
         if not manual_dir:
             raise UserError(f"{dataset}: data.manual_dir is empty; set it to the folder that "
                             f"holds the official files {', '.join(names)} (see {DOCS})")
         for name in names:
             path = self.path(name)
-            if not os.path.isfile(path):
+            problem = non_regular(path)
+            if problem == "missing":
                 raise UserError(f"{dataset}: {path} not found; put the official file {name} in "
                                 f"{where(manual_dir)}")
+            if problem:
+                raise UserError(f"{dataset}: {path} is {problem}, not the official file {name};"
+                                f" put the file itself in {where(manual_dir)}")
             if name.endswith(".mat"):
                 self.load_mat(name)
             else:
@@ -58,10 +144,23 @@ class OfficialFiles:
         return UserError(f"{self.dataset}: {self.path(name)} is damaged or not the official file "
                          f"({why}); download it again into {where(self.manual_dir)}")
 
+    def _open(self, name):
+        """The official file `name` opened for reading, if it is still a regular file."""
+        path = self.path(name)
+        problem = non_regular(path)
+        if problem:
+            raise self.corrupt(name, f"it is {problem}, not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # never blocks, even on a FIFO
+        f = os.fdopen(fd, "rb")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            f.close()
+            raise self.corrupt(name, "it is not a regular file")
+        return f
+
     def _check_archive(self, name):
         """Open the archive and read its first member header (catches wrong or empty files)."""
         try:
-            with tarfile.open(self.path(name), "r:*") as tar:
+            with self._open(name) as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
                 first = tar.next()
         except tarfile.ReadError:
             raise self.corrupt(name, "not a readable tar / tar.gz archive") from None
@@ -70,18 +169,46 @@ class OfficialFiles:
         if first is None:
             raise self.corrupt(name, "the archive is empty")
 
+    def _members(self, name):
+        """Yield (member name, TarInfo, tar) in one bounded sequential pass over archive
+        `name` (see the module docstring); member names lose a leading './'."""
+        with self._open(name) as raw:
+            size = os.fstat(raw.fileno()).st_size
+            budget = _Budget(ARCHIVE_RATIO * size + ARCHIVE_FLOOR,
+                             f"the archive ({size:,} bytes)")
+            with _decompressed(raw) as stream, tarfile.open(
+                    fileobj=_Counted(stream, budget), mode="r|") as tar:
+                for member in tar:
+                    member_name = member.name[2:] if member.name.startswith("./") else member.name
+                    yield member_name, member, tar, budget
+
+    def _read_member(self, member_name, member, tar, budget):
+        """The bytes of a regular member, its declared size checked before it is read."""
+        if member.size > MAX_MEMBER_BYTES:
+            raise _TooLarge(f"member {member_name} declares {member.size:,} bytes, past the "
+                            f"limit of {MAX_MEMBER_BYTES:,} for one member")
+        budget.charge(member.size)  # sparse members expand without reading the archive
+        data = tar.extractfile(member).read(member.size)
+        if len(data) != member.size:
+            raise _TooLarge(f"member {member_name} is truncated")
+        return data
+
     def iter_archive(self, name, wanted):
         """Stream (member name, bytes) for the archive's regular files with wanted(name) true.
 
         One sequential pass (no seeks: a .tar.gz is read once, whatever its size); member names
-        lose a leading './'.
+        lose a leading './'. A wanted member that appears twice is refused.
         """
+        seen = set()
         try:
-            with tarfile.open(self.path(name), "r|*") as tar:
-                for member in tar:
-                    member_name = member.name[2:] if member.name.startswith("./") else member.name
-                    if member.isfile() and wanted(member_name):
-                        yield member_name, tar.extractfile(member).read()
+            for member_name, member, tar, budget in self._members(name):
+                if member.isfile() and wanted(member_name):
+                    if member_name in seen:
+                        raise _TooLarge(f"it holds {member_name} twice")
+                    seen.add(member_name)
+                    yield member_name, self._read_member(member_name, member, tar, budget)
+        except _TooLarge as e:
+            raise self.corrupt(name, e) from None
         except _READ_ERRORS as e:
             raise self.corrupt(name, f"{type(e).__name__}: {e}") from None
 
@@ -101,6 +228,16 @@ class OfficialFiles:
         """{member: list of non-empty, non-comment lines} of text members of an archive."""
         return self.texts(name, self.read_members(name, members))
 
+    def read_numbered(self, name, members):
+        """{member: [(line number, stripped line)]} of the non-empty, non-comment lines of
+        text members of an archive (line numbers from 1, as an editor shows them)."""
+        raw = self.read_members(name, members)
+        try:
+            return {k: [(i, ln.strip()) for i, ln in enumerate(v.decode("utf-8").splitlines(), 1)
+                        if ln.strip() and not ln.startswith("#")] for k, v in raw.items()}
+        except UnicodeDecodeError as e:
+            raise self.corrupt(name, f"a text member is not UTF-8: {e}") from None
+
     def texts(self, name, raw):
         """{member: list of non-empty, non-comment lines} of {member: bytes} read from `name`."""
         try:
@@ -114,12 +251,14 @@ class OfficialFiles:
         the whole archive, for annotations that live in the folder layout itself."""
         members, listing, found = set(members), [], {}
         try:
-            with tarfile.open(self.path(name), "r|*") as tar:
-                for member in tar:
-                    member_name = member.name[2:] if member.name.startswith("./") else member.name
-                    listing.append((member_name.rstrip("/"), member.isdir()))
-                    if member.isfile() and member_name in members:
-                        found[member_name] = tar.extractfile(member).read()
+            for member_name, member, tar, budget in self._members(name):
+                listing.append((member_name.rstrip("/"), member.isdir()))
+                if member.isfile() and member_name in members:
+                    if member_name in found:
+                        raise _TooLarge(f"it holds {member_name} twice")
+                    found[member_name] = self._read_member(member_name, member, tar, budget)
+        except _TooLarge as e:
+            raise self.corrupt(name, e) from None
         except _READ_ERRORS as e:
             raise self.corrupt(name, f"{type(e).__name__}: {e}") from None
         missing = sorted(members - set(found))
@@ -128,10 +267,26 @@ class OfficialFiles:
         return listing, found
 
     def load_mat(self, name, data=None, inside=None):
-        """scipy.io.loadmat of a .mat file in manual_dir (or of `data`, a member of `inside`)."""
+        """scipy.io.loadmat of a .mat file in manual_dir (or of `data`, a member of `inside`),
+        read once (kept), within the bounds of the module docstring."""
+        key = (name, inside)
+        if key not in self._mats:
+            self._mats[key] = self._read_mat(name, data, inside)
+        return self._mats[key]
+
+    def _read_mat(self, name, data, inside):
         try:
-            return scipy.io.loadmat(io.BytesIO(data) if data is not None else self.path(name),
-                                    squeeze_me=True)
+            if data is None:
+                with self._open(name) as f:
+                    data = f.read(MAX_MAT_BYTES + 1)
+            if len(data) > MAX_MAT_BYTES:
+                raise _TooLarge(f"{name} is larger than {MAX_MAT_BYTES:,} bytes")
+            budget = _Budget(MAT_RATIO * len(data) + MAT_FLOOR, f"{name} ({len(data):,} bytes)")
+            return scipy.io.loadmat(io.BytesIO(inflate_mat(data, budget)), squeeze_me=True)
+        except UserError:
+            raise
+        except _TooLarge as e:
+            raise self.corrupt(inside or name, e) from None
         except Exception as e:  # noqa: BLE001 (scipy raises many types on a bad file)
             raise self.corrupt(inside or name, f"cannot read {name}: {type(e).__name__}: "
                                f"{e}") from None
@@ -141,6 +296,120 @@ class OfficialFiles:
         if key not in mat:
             raise self.corrupt(name, f"it has no {key!r} entry")
         return np.atleast_1d(mat[key])
+
+    def integer_field(self, name, mat, key):
+        """mat[key] as a 1-d int64 array; a damaged-file UserError naming the file, the entry
+        and the first value that is not an integer (text, NaN, 2.5) or a shape that is not 1-d."""
+        values = self.field(name, mat, key)
+        if values.ndim != 1:
+            raise self.corrupt(name, f"its {key!r} entry has shape {values.shape}, not a list")
+        if values.dtype.kind in "iu":
+            return values.astype(np.int64)
+        if values.dtype.kind == "f":
+            bad = ~np.isfinite(values) | (values != np.round(values))
+        else:  # text, objects, booleans: none is a label or an image id
+            bad = np.ones(values.shape, bool)
+        if bad.any():
+            i = int(np.argmax(bad))
+            value = values[i].item() if isinstance(values[i], np.generic) else values[i]
+            raise self.corrupt(name, f"its {key!r} entry holds {value!r:.40} at position "
+                               f"{i + 1}, not an integer")
+        if np.abs(values).max(initial=0) >= 2 ** 62:
+            raise self.corrupt(name, f"its {key!r} entry holds numbers too large for ids")
+        return values.astype(np.int64)
+
+
+def ascii_digits(text):
+    """Whether `text` is a non-empty run of ASCII digits ('²' and '٣' are digits to str.isdigit,
+    but int() refuses the first)."""
+    return text.isascii() and text.isdigit()
+
+
+# ---------------------------------------------------------------------------------------------
+# MATLAB v5 files: decompressed here, within a budget
+
+_MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED = 1, 5, 6, 14, 15
+_MX_CELL, _MX_STRUCT, _MX_OBJECT = 1, 2, 3
+
+
+def _elements(buf, start, end, endian):
+    """(type, data start, data length) of the data elements in buf[start:end] (MAT v5 tags,
+    the small 4-byte form included; each normal element padded to 8 bytes)."""
+    pos = start
+    while pos + 8 <= end:
+        first, second = struct.unpack_from(endian + "II", buf, pos)
+        if first >> 16:  # small element: type and size in the first word, data in the second
+            yield first & 0xFFFF, pos + 4, first >> 16
+            pos += 8
+            continue
+        if pos + 8 + second > end:
+            raise ValueError(f"a data element of {second:,} bytes reaches past its container")
+        yield first, pos + 8, second
+        pos += 8 + second + (-second % 8)
+
+
+def _check_matrix(buf, start, end, endian, depth, budget):
+    """Walk a miMATRIX element (its data in buf[start:end]): charge `budget` for the cells or
+    struct fields it declares (scipy allocates them before reading them) and check nesting."""
+    if depth > MAX_MAT_NESTING:
+        raise _TooLarge(f"arrays nested more than {MAX_MAT_NESTING} deep")
+    parts = list(_elements(buf, start, end, endian))
+    if len(parts) < 2 or parts[0][0] != _MI_UINT32 or parts[1][0] != _MI_INT32:
+        return  # not an array header scipy would accept: scipy refuses it itself
+    flags_at, dims_at, dims_len = parts[0][1], parts[1][1], parts[1][2]
+    array_class = struct.unpack_from(endian + "I", buf, flags_at)[0] & 0xFF
+    dims = struct.unpack_from(f"{endian}{dims_len // 4}i", buf, dims_at)
+    if any(d < 0 for d in dims):
+        raise ValueError(f"an array declares negative dimensions {dims}")
+    count = math.prod(dims)
+    if array_class == _MX_CELL:
+        budget.charge(8 * count)
+    elif array_class in (_MX_STRUCT, _MX_OBJECT):
+        names = [p for p in parts[2:] if p[0] == _MI_INT8]
+        lengths = [p for p in parts[2:] if p[0] == _MI_INT32]
+        field_len = struct.unpack_from(endian + "i", buf, lengths[0][1])[0] if lengths else 1
+        fields = names[-1][2] // max(field_len, 1) if len(names) >= 2 else 1
+        budget.charge(8 * count * max(fields, 1))
+    else:
+        return  # numbers, characters, sparse: their data is in the file, already counted
+    for kind, at, length in parts[2:]:
+        if kind == _MI_MATRIX:
+            _check_matrix(buf, at, at + length, endian, depth + 1, budget)
+
+
+def inflate_mat(data, budget):
+    """A MATLAB v5 file's bytes with each compressed variable decompressed (an equivalent file
+    scipy reads without decompressing anything), within `budget`; other files unchanged."""
+    if len(data) < 128 or data[126:128] not in (b"IM", b"MI"):
+        return data  # v4 (nothing compressed) or not a v5 file: scipy tells
+    endian = "<" if data[126:128] == b"IM" else ">"
+    out = bytearray(data[:128])
+    budget.charge(len(data))
+    for kind, at, length in _elements(data, 128, len(data), endian):
+        if kind == _MI_COMPRESSED:
+            element = _inflate(data[at:at + length], budget)
+        else:
+            element = data[at - 8:at + length]
+        for inner, inner_at, inner_length in _elements(element, 0, len(element), endian):
+            if inner == _MI_MATRIX:
+                _check_matrix(element, inner_at, inner_at + inner_length, endian, 1, budget)
+        out += element
+    return bytes(out)
+
+
+def _inflate(compressed, budget):
+    """zlib-decompress one compressed variable, charging `budget` as the bytes come."""
+    dec, out, pending = zlib.decompressobj(), bytearray(), compressed
+    while not dec.eof:
+        piece = dec.decompress(pending, _CHUNK)
+        budget.charge(len(piece))
+        out += piece
+        pending = dec.unconsumed_tail
+        if not piece and not pending:
+            break
+    if not dec.eof:
+        raise ValueError("a compressed variable is truncated")
+    return bytes(out)
 
 
 @dataclasses.dataclass

@@ -4,6 +4,7 @@
 latents: what MGR backpropagates through, 2 * steps - 1 network evaluations per sample.
 The network is `mgr_jax.models.edm.EDMPrecond`; `converters.edm` reads official snapshots.
 """
+import numbers
 import os
 
 import jax
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters import edm as edm_converter
-from mgr_jax.generators.base import Generator
+from mgr_jax.generators.base import MAX_STEPS, Generator, check_number
 from mgr_jax.models.edm import EDMPrecond
 
 # ----------------------------------------------------------------------------------------------
@@ -69,6 +70,16 @@ def heun_sample(module, variables, latents, class_labels, num_steps=18, sigma_mi
 def make_generator(module: EDMPrecond, variables, num_steps=18, sigma_min=0.002, sigma_max=80.0,
                    rho=7.0, remat=False, unroll=True) -> Generator:
     """Wrap a network as a Generator: sample(params, z (N,H,W,C), labels (N,)) -> [-1, 1] NHWC."""
+    if (isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral)
+            or not 2 <= num_steps <= MAX_STEPS):
+        raise ValueError(f"num_steps={num_steps!r} must be an integer in 2..{MAX_STEPS}")
+    for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max), ("rho", rho)):
+        if check_number(value, name, 0.0, 1e4) <= 0:
+            raise ValueError(f"{name}={value!r} must be positive")
+    if not isinstance(unroll, bool) and not (isinstance(unroll, numbers.Integral)
+                                             and 1 <= unroll <= MAX_STEPS):
+        raise ValueError(f"unroll={unroll!r} must be true, false or a step count in "
+                         f"1..{MAX_STEPS}")
     label_dim = int(module.label_dim)
 
     def sample(params, z, labels):

@@ -2,6 +2,7 @@
 
 The network is `mgr_jax.models.fastgan.FastGAN`; `converters.fastgan` reads the official files.
 """
+import numbers
 import os
 
 import jax
@@ -15,6 +16,9 @@ def make_sample_fn(module, noise_mode="const", noise_seed=0):
     """sample(params, z, labels, rng=None) -> clipped NHWC images; see `load` for the modes."""
     if noise_mode not in ("const", "random", "none"):
         raise ValueError(f"noise_mode must be const, random or none, got {noise_mode!r}")
+    if (isinstance(noise_seed, bool) or not isinstance(noise_seed, numbers.Integral)
+            or not 0 <= noise_seed < 2 ** 32):
+        raise ValueError(f"noise_seed={noise_seed!r} must be an integer in 0..2**32-1")
     const_key = jax.random.key(noise_seed) if noise_mode == "const" else None
 
     def sample(params, z, labels, rng=None):

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from converters import stylegan2_ada as converter
+from mgr_jax.generators import base
 from mgr_jax.generators.base import Generator
 
 KIND = "stylegan2_ada"
@@ -19,6 +20,7 @@ def from_module(module, variables, truncation_psi=1.0, truncation_cutoff=None,
     """Wrap a `models.stylegan2.Generator` and its variables as a `Generator`."""
     if noise_mode not in ("const", "random", "none"):
         raise ValueError(f"noise_mode must be const, random or none, got {noise_mode!r}")
+    base.check_truncation(truncation_psi, truncation_cutoff)
     num_classes = int(module.c_dim)
 
     def sample(params, z, labels, rng=None):

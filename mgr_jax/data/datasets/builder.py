@@ -56,8 +56,11 @@ class ArchiveBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """(class names, {split: [(archive name, {member: label}), ...]}) from annotations."""
         raise NotImplementedError
 
+    checked_files = None  # the OfficialFiles that `load` checked (each .mat file read once)
+
     def _split_generators(self, dl_manager):
-        files = archives.OfficialFiles(self.DATASET, os.fspath(dl_manager.manual_dir), self.FILES)
+        files = self.checked_files or archives.OfficialFiles(
+            self.DATASET, os.fspath(dl_manager.manual_dir), self.FILES)
         class_names, splits = self.read_index(files)
         if len(class_names) != self.NUM_CLASSES:
             raise files.corrupt(self.CLASS_FILE or self.FILES[0],
@@ -81,6 +84,22 @@ def check_label(files, name, label, num_classes):
     if not 0 <= label < num_classes:
         raise files.corrupt(name, f"label {label + 1} is outside 1..{num_classes}")
     return label
+
+
+def _check_prepared_dir(name, prepared_dir):
+    """UserError unless `prepared_dir` is a folder, or can become one, outside /proc, /sys and
+    /dev (kernel files, which `makedirs` and the writers would trip over)."""
+    real = os.path.realpath(prepared_dir)
+    for top in ("/proc", "/sys", "/dev"):
+        if real == top or real.startswith(top + os.sep):
+            raise UserError(f"{name}: data.prepared_dir={prepared_dir!r} is under {top}, not a "
+                            "folder for the prepared dataset; point it at a writable folder")
+    path = real
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise UserError(f"{name}: data.prepared_dir={prepared_dir!r} cannot be a folder: {path} "
+                        "is a file; point it at a writable folder")
 
 
 @contextlib.contextmanager
@@ -129,20 +148,22 @@ def load(builder_cls, config):
     if not prepared_dir:
         raise UserError(f"{name}: data.manual_dir is empty; set it to the folder that holds "
                         f"the official files {', '.join(builder_cls.FILES)} (see {archives.DOCS})")
+    _check_prepared_dir(name, prepared_dir)
     version_dir = os.path.join(prepared_dir, builder_cls.name, _VERSION)
     if not os.path.exists(os.path.join(version_dir, "dataset_info.json")):
         # Not prepared yet: check every official file (seconds) before creating anything.
-        archives.OfficialFiles(name, manual_dir, builder_cls.FILES)
+        files = archives.OfficialFiles(name, manual_dir, builder_cls.FILES)
         try:
             os.makedirs(prepared_dir, exist_ok=True)
             with _lock(os.path.join(prepared_dir, f".{builder_cls.name}.lock")):
                 builder = builder_cls(data_dir=prepared_dir, file_format="array_record")
+                builder.checked_files = files
                 if not builder.is_prepared():  # another run may have prepared it meanwhile.
                     print(f"{name}: preparing {prepared_dir} from the official files in "
                           f"{manual_dir} (once)", flush=True)
                     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
                         manual_dir=manual_dir, try_download_gcs=False))
-        except PermissionError as e:
+        except (PermissionError, FileExistsError, NotADirectoryError) as e:
             raise UserError(f"{name}: cannot write the prepared dataset to {prepared_dir} "
                             f"({e.strerror}); set data.prepared_dir to a writable folder"
                             ) from None

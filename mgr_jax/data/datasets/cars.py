@@ -19,7 +19,7 @@ def _annotations(files, name, mat, prefix, num_classes):
     ann = files.field(name, mat, "annotations")
     try:
         pairs = [(str(a["fname"]), int(a["class"]) - 1) for a in ann]
-    except (ValueError, IndexError, TypeError) as e:
+    except (ValueError, IndexError, TypeError, OverflowError) as e:
         raise files.corrupt(name, f"annotations lack fname/class: {e}") from None
     return {f"{prefix}/{fname}": builder.check_label(files, name, label, num_classes)
             for fname, label in pairs}

@@ -22,10 +22,11 @@ class MgrFlowers(builder.ArchiveBuilder):
     CLASS_FILE = "imagelabels.mat"
 
     def read_index(self, files):
-        labels = files.field("imagelabels.mat", files.load_mat("imagelabels.mat"), "labels")
+        labels = files.integer_field("imagelabels.mat", files.load_mat("imagelabels.mat"),
+                                     "labels")
         setid = files.load_mat("setid.mat")
-        ids = {k: files.field("setid.mat", setid, k).astype(int) for k in ("trnid", "valid",
-                                                                              "tstid")}
+        ids = {k: files.integer_field("setid.mat", setid, k) for k in ("trnid", "valid",
+                                                                          "tstid")}
 
         def split(image_ids):
             out = {}

@@ -16,6 +16,7 @@ that decoded), so the cost is paid once: later runs decode only images added or 
 import concurrent.futures
 import json
 import os
+import stat
 
 import numpy as np
 
@@ -76,11 +77,16 @@ def _stamp(path):
         st = os.stat(path)
     except OSError as e:
         raise UserError(f"imagefolder: cannot read {path}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the decoding, a device never end
+        raise UserError(f"imagefolder: {path} is {archives.non_regular(path)}, not an image "
+                        "file; remove it or replace it with the image")
     return [int(st.st_size), int(st.st_mtime_ns)]
 
 
 def _read_checked(path):
     """{relative path: [size, mtime_ns]} of the images a previous check decoded."""
+    if archives.non_regular(path):  # none yet, or something other than our JSON file
+        return {}
     try:
         with open(path) as f:
             saved = json.load(f)

@@ -8,6 +8,7 @@ Official files in data.manual_dir:
 Class names are the image-name prefixes ("Abyssinian", "american_bulldog", ...), ordered by
 class id. Some images are PNG or CMYK JPEG under a .jpg name: PIL reads them all as RGB.
 """
+from mgr_jax.data import archives
 from mgr_jax.data.datasets import builder
 
 IMAGES = "images.tar.gz"
@@ -24,14 +25,15 @@ class MgrPets(builder.ArchiveBuilder):
 
     def read_index(self, files):
         lists = {"train": "annotations/trainval.txt", "test": "annotations/test.txt"}
-        text = files.read_texts(ANNOTATIONS, lists.values())
+        text = files.read_numbered(ANNOTATIONS, lists.values())
         names, splits = {}, {}
         for split, listing in lists.items():
             labels = {}
-            for line in text[listing]:
+            for number, line in text[listing]:
                 fields = line.split()
-                if len(fields) < 2 or not fields[1].isdigit():
-                    raise files.corrupt(ANNOTATIONS, f"{listing} has a bad line: {line!r}")
+                if len(fields) < 2 or not archives.ascii_digits(fields[1]):
+                    raise files.corrupt(ANNOTATIONS, f"{listing} line {number} is not '<image> "
+                                        f"<class id> ...': {line[:80]!r}")
                 label = builder.check_label(files, ANNOTATIONS, int(fields[1]) - 1,
                                             self.NUM_CLASSES)
                 names.setdefault(label, fields[0].rpartition("_")[0] or fields[0])
