@@ -12,7 +12,11 @@ collectively, the two managers have barriers of their own names (they save the s
 to back), every process agrees on whether a checkpoint restored (`multihost.all_ok`), and
 process 0 alone moves a damaged one aside while the others wait for it.
 """
+import io
+import logging
 import os
+import sys
+import threading
 
 import orbax.checkpoint as ocp
 
@@ -38,6 +42,54 @@ def write_config(workdir, config_dict):
     """config.json of a run (replaced atomically); runs of `train` use `workdir.RunLock`."""
     os.makedirs(workdir, exist_ok=True)
     files.write_json(os.path.join(workdir, "config.json"), config_dict, sort_keys=True)
+
+
+class _WithoutClosedLoopTracebacks(io.TextIOBase):
+    """sys.stderr less the tracebacks that end in 'RuntimeError: Event loop is closed'.
+
+    When orbax fails to restore a damaged checkpoint, tensorstore still completes the reads
+    under way and calls back into orbax's asyncio loop, closed by then; each callback prints
+    such a traceback through sys.stderr, for a while after (hundreds of them, seen here). They
+    concern the checkpoint already reported in one line, so they are dropped; every other write
+    passes through unchanged. A traceback is held until its exception line, per thread (the
+    callbacks print from several threads at once).
+    """
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.held = inner, {}
+
+    def write(self, text):
+        thread = threading.get_ident()
+        held = self.held.get(thread)
+        if held is None and not text.startswith("Traceback (most recent call last)"):
+            return self.inner.write(text)
+        held = (held or "") + text
+        last = held.splitlines(keepends=True)[-1]
+        # a traceback ends at its exception line (unindented, after the frames)
+        if last.endswith("\n") and not last.startswith((" ", "Traceback")):
+            self.held.pop(thread, None)
+            if last.strip() != "RuntimeError: Event loop is closed":
+                self.inner.write(held)
+        else:
+            self.held[thread] = held
+        return len(text)
+
+    def flush(self):  # a traceback being held stays held: it is still being written
+        self.inner.flush()
+
+    def __getattr__(self, name):  # fileno, encoding, isatty, ...: the real stream's
+        return getattr(self.inner, name)
+
+
+def _quiet_failed_restores():
+    """Keep a damaged checkpoint to its one line: the closed-loop tracebacks are dropped from
+    sys.stderr, and asyncio's "Task exception was never retrieved" log records (the failed
+    restore's other reads, logged when collected) are not shown; mgr-jax uses no asyncio of its
+    own, and orbax's save errors reach `wait`."""
+    if not isinstance(sys.stderr, _WithoutClosedLoopTracebacks):
+        sys.stderr = _WithoutClosedLoopTracebacks(sys.stderr)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def _reason(e):
@@ -135,7 +187,10 @@ class RunCheckpoints:
         nothing is moved.
         """
         damaged = []
-        for which, step in self._candidates():
+        candidates = self._candidates()
+        if candidates:
+            _quiet_failed_restores()  # before: some come while the restore is failing
+        for which, step in candidates:
             why = None
             try:
                 state, loop = self._restore(self._manager(which), step, abstract_state)

@@ -5,6 +5,7 @@ Each test makes the hostile state itself (a planted symbolic link, NaN weights, 
 giving inf, a save that fails like a full disk) and checks the line and what is on disk.
 """
 import errno
+import io
 import json
 import os
 import signal
@@ -227,3 +228,21 @@ def test_sigterm_stops_between_steps_ends_the_workers_and_resumes(tmp_path):
     assert not [w for w in workers if os.path.exists(f"/proc/{w}")], "workers left running"
     saved = os.listdir(tmp_path / "run" / "checkpoints" / "latest")
     assert saved and all(s.isdigit() for s in saved)  # the save under way was finished
+
+
+def test_closed_loop_tracebacks_of_a_failed_restore_are_dropped_and_nothing_else():
+    """What tensorstore prints after orbax failed to restore a damaged checkpoint (written in
+    pieces, as Python prints a traceback), and any other traceback or text, passes or not."""
+    out = io.StringIO()
+    stream = checkpoints._WithoutClosedLoopTracebacks(out)  # noqa: SLF001
+    closed = ["Traceback (most recent call last):\n", '  File "base_events.py", line 806, in ',
+              "call_soon_threadsafe\n", "    self._check_closed()\n", "RuntimeError", ": ",
+              "Event loop is closed", "\n"]
+    other = ["Traceback (most recent call last):\n", '  File "x.py", line 1, in f\n',
+             "ValueError: something else\n"]
+    for piece in closed[:3]:
+        stream.write(piece)
+    stream.flush()  # a flush in the middle keeps the traceback held
+    for piece in closed[3:] + ["warning: one line\n"] + other + closed:
+        stream.write(piece)
+    assert out.getvalue() == "warning: one line\n" + "".join(other)
