@@ -154,6 +154,18 @@ class _Stream:
         self.iterator = None
 
 
+# The resource tracker's warning about the shared memory of batches prefetched but never
+# delivered (a run stopped mid-epoch); it frees them itself. A PYTHONWARNINGS filter, so that
+# the tracker process (started later, inheriting the environment) applies it.
+_TRACKER_FILTER = "ignore:resource_tracker:UserWarning"
+
+
+def _quiet_resource_tracker():
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if _TRACKER_FILTER not in current.split(","):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [current, _TRACKER_FILTER]))
+
+
 def _ensure_absl_flags_parsed():
     # grain's worker processes read an absl flag; outside an absl app (tests, notebooks,
     # library use) flags are unparsed and reading one raises. Mark them parsed (defaults).
@@ -226,6 +238,7 @@ class GrainPipeline:
         ds = grain.MapDataset.range(epoch * spe, (last + 1) * spe).map(fn)
         if self.num_workers > 0:
             _ensure_absl_flags_parsed()
+            _quiet_resource_tracker()
             it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
             it = it.mp_prefetch(grain.MultiprocessingOptions(
                 num_workers=self.num_workers, per_worker_buffer_size=self.prefetch_batches))
