@@ -13,6 +13,8 @@ metrics.jsonl, results.json and console logs):
   3. 2 processes killed with SIGKILL (process 1 first, once `--kill_after` epochs are saved;
      how long process 0 takes to stop by itself is recorded), then both started again: equal
      to the uninterrupted run?
+With `--drift_only`, only one epoch on 1, 2 and 4 devices with a record per step
+(drift.json: how far the per-step losses of 2 and 4 devices are from 1 device's).
 """
 import argparse
 import json
@@ -134,6 +136,27 @@ def divergence(runs):
     return [{"kind": k[0], "step": k[1], "epoch": k[2], **v} for k, v in sorted(table.items())]
 
 
+def drift(args):
+    """One epoch on 1, 2 and 4 devices, a train record per step; the relative difference of
+    each step's loss from 1 device's."""
+    extra = args.extra + ["--config.num_epochs=1", "--config.log_every_steps=1"]
+    procs = {}
+    for n in (1, 2, 4):
+        workdir = os.path.join(args.out, f"drift_{n}dev")
+        shutil.rmtree(workdir, ignore_errors=True)
+        procs[n] = (workdir, _launch(args.config, workdir, n, extra, f"{workdir}.log"))
+    _wait([p for _, p in procs.values()], args.limit_s)
+    losses = {n: [r["loss"] for r in _records(w) if r["kind"] == "train"]
+              for n, (w, _) in procs.items()}
+    rows = [{"step": i + 1, **{f"{n} devices": losses[n][i] for n in losses},
+             **{f"rel. diff {n} vs 1": abs(losses[n][i] - losses[1][i]) / abs(losses[1][i])
+                for n in (2, 4)}} for i in range(len(losses[1]))]
+    with open(os.path.join(args.out, "drift.json"), "w") as f:
+        json.dump({"command": " ".join(sys.argv), "steps": rows}, f, indent=1)
+    for row in rows:
+        print(json.dumps(row))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/default.py")
@@ -141,9 +164,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--kill_after", type=int, default=3)
     parser.add_argument("--limit_s", type=float, default=3600)
+    parser.add_argument("--drift_only", action="store_true")
     parser.add_argument("extra", nargs="*", help="--config.* overrides for every run")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    if args.drift_only:
+        return drift(args)
     out = {"command": " ".join(sys.argv), "config": args.config, "overrides": args.extra}
     devices = [one_process(args, n) for n in (1, 2, 4)]
     reference = devices[1]

@@ -214,7 +214,8 @@ def _run(config, workdir, max_epochs_this_run, mesh, pipeline, model, method, st
     return results.write_results(workdir, config, pipeline, loop, write=multihost.is_primary())
 
 
-def _epoch(config, epoch, method, eval_fn, state, pipeline, mesh, loop_rng, log, loop, stop):
+def _epoch(config, epoch, method, eval_fn, state, pipeline, mesh, loop_rng, log, loop,
+           stop=None):
     """Train one epoch, evaluate it, log it; updates `loop` and returns the new state."""
     t0 = time.time()
     state, train_metrics = _train_epoch(config, method, state, pipeline, epoch, mesh, loop_rng,
@@ -247,7 +248,7 @@ def _means(sums, counts):
     return out
 
 
-def _train_epoch(config, method, state, pipeline, epoch, mesh, loop_rng, log, stop):
+def _train_epoch(config, method, state, pipeline, epoch, mesh, loop_rng, log, stop=None):
     """Run one epoch of `method` (its steps jitted); host syncs only every `log_every_steps`
     steps and at the end. The step number comes from a host count, not from the state."""
     pending, sums, counts, count = [], {}, {}, 0
