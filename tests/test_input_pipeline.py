@@ -3,7 +3,9 @@ import hashlib
 
 import numpy as np
 
-from mgr_jax.data import loader, protocol
+from sklearn.datasets import load_digits
+
+from mgr_jax.data import loader, memory, protocol
 from tests.helpers import tiny_config
 
 
@@ -105,3 +107,13 @@ def test_in_memory_process_shards_put_together_are_the_global_batches():
     for b, whole in enumerate(ref.eval_batches("test")):  # 359 images: the last batch padded
         for k in whole:
             assert np.array_equal(np.concatenate([e[b][k] for e in evals]), whole[k])
+
+
+def test_digits_are_scikit_learns_without_importing_it():
+    digits = load_digits()
+    data = np.loadtxt(memory.digits_file(), delimiter=",")
+    np.testing.assert_array_equal(data[:, :-1].reshape(-1, 8, 8), digits.images)
+    np.testing.assert_array_equal(data[:, -1].astype(int), digits.target)
+    images, labels = memory.load_digits_arrays(8)
+    np.testing.assert_array_equal(labels, digits.target)
+    np.testing.assert_allclose(images[..., 0], digits.images / 16.0, atol=1e-6)
