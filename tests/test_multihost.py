@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tests/helpers.tiny_config as flags (the command line is what a cluster runs), on half its data
 TINY = ["--config=configs/default.py", "--config.method=base", "--config.generator.kind=random",
         "--config.batch_size=32", "--config.eval_batch_size=128", "--config.data.image_size=8",
-        "--config.data.subset_fraction=0.15", "--config.model.arch=resnet10",
+        "--config.data.subset_fraction=0.1", "--config.model.arch=resnet10",
         "--config.model.width=0.125", "--config.optimizer.lr_milestones=(2,)",
         "--config.log_every_steps=5"]
 
