@@ -17,12 +17,13 @@ import time
 import pytest
 
 from mgr_jax import multihost
+from mgr_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tests/helpers.tiny_config as flags (the command line is what a cluster runs), on half its data
 TINY = ["--config=configs/default.py", "--config.method=base", "--config.generator.kind=random",
         "--config.batch_size=32", "--config.eval_batch_size=128", "--config.data.image_size=8",
-        "--config.data.subset_fraction=0.1", "--config.model.arch=resnet10",
+        "--config.data.subset_fraction=0.15", "--config.model.arch=resnet10",
         "--config.model.width=0.125", "--config.optimizer.lr_milestones=(2,)",
         "--config.log_every_steps=5"]
 
@@ -116,29 +117,38 @@ def _one_error_line(err):
     return lines[0]
 
 
-def test_cluster_mistakes_are_one_line_each(tmp_path):
-    """A setting that differs between the processes, a process that never comes, a port that
-    another program holds: one line and status 2 on every process, in bounded time, and
-    nothing written."""
+def test_processes_with_different_settings_are_refused_in_one_line(tmp_path):
+    """Two processes of one job with another lr and seed: one line and status 2 on both,
+    naming the fields, and nothing written."""
     mismatch = _job(str(tmp_path / "a"), [], _free_port(), timeout_s=60,
                     extra=((), ("--config.optimizer.lr=0.2", "--config.seed=3")))
-    alone0 = _job(str(tmp_path / "b"), [], _free_port(), timeout_s=3, ids=(0,))
-    alone1 = _job(str(tmp_path / "c"), [], _free_port(), timeout_s=3, ids=(1,))
+    results = [_finish(p, timeout=120) for p in mismatch]
+    assert [rc for rc, _ in results] == [2, 2]
+    for _, err in results:
+        line = _one_error_line(err)
+        assert "process 1 has optimizer.lr=0.2 where process 0 has 0.05" in line
+        assert "process 1 has seed=3 where process 0 has 0" in line
+    assert not os.path.exists(tmp_path / "a")
+
+
+def test_missing_processes_and_taken_ports_are_one_line_in_bounded_time():
+    """The rendezvous' sides alone (what each process runs before JAX's runtime): a process
+    that never comes, a port another program holds (and answers on, or not)."""
+    own = {"seed": 0}
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"process\(es\) \[1\] of 2 did not join") as err:
+        multihost._serve("127.0.0.1", _free_port(), 2, own, timeout_s=1)  # noqa: SLF001
+    with pytest.raises(UserError, match="process 0 did not answer"):
+        multihost._join("127.0.0.1", _free_port(), 1, own, timeout_s=1)  # noqa: SLF001
     with socket.socket() as other:  # another program listening on the job's port
         other.bind(("127.0.0.1", 0))
         other.listen()
-        taken = _job(str(tmp_path / "d"), [], other.getsockname()[1], timeout_s=3)
-        results = [_finish(p, timeout=120) for p in mismatch + alone0 + alone1 + taken]
-    assert [rc for rc, _ in results] == [2] * 6
-    lines = [_one_error_line(err) for _, err in results]
-    for line in lines[:2]:
-        assert "process 1 has optimizer.lr=0.2 where process 0 has 0.05" in line
-        assert "process 1 has seed=3 where process 0 has 0" in line
-    assert "process(es) [1] of 2 did not join" in lines[2]
-    assert "process 0 did not answer" in lines[3]
-    assert "cannot listen" in lines[4] and "port is taken" in lines[4]
-    assert "something other than process 0 of this job answers" in lines[5]
-    assert not any(os.path.exists(tmp_path / name) for name in "abcd")
+        port = other.getsockname()[1]
+        with pytest.raises(UserError, match="cannot listen .* the port is taken"):
+            multihost._serve("127.0.0.1", port, 2, own, timeout_s=1)  # noqa: SLF001
+        with pytest.raises(UserError, match="something other than process 0 of this job"):
+            multihost._join("127.0.0.1", port, 1, own, timeout_s=1)  # noqa: SLF001
+    assert time.monotonic() - start < 30 and "\n" not in str(err.value)
 
 
 def test_fingerprint_ignores_per_host_fields_and_names_differences():
