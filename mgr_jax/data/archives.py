@@ -10,7 +10,7 @@ declares at most MAX_MEMBER_BYTES, and one pass over an archive may decompress a
 most ARCHIVE_RATIO x the archive's size + ARCHIVE_FLOOR bytes; a member named twice is
 refused. A .mat file (at most MAX_MAT_BYTES) is read once: its compressed variables are
 decompressed here, counted against MAT_RATIO x its size + MAT_FLOOR bytes together with the
-cells and struct fields its arrays declare (at most MAX_MAT_NESTING deep), and scipy then
+cells and struct fields its arrays declare (`bounded_read`), and scipy then
 reads the decompressed copy.
 """
 import bz2
@@ -18,16 +18,18 @@ import dataclasses
 import gzip
 import io
 import lzma
-import math
 import os
 import stat
-import struct
 import tarfile
 import zlib
 
 import numpy as np
 import scipy.io
 
+from mgr_jax.data.bounded_read import CHUNK as _CHUNK
+from mgr_jax.data.bounded_read import inflate_mat
+from mgr_jax.data.bounded_read import Budget as _Budget
+from mgr_jax.data.bounded_read import TooLarge as _TooLarge
 from mgr_jax.errors import UserError
 
 DOCS = "docs/datasets.md"
@@ -39,8 +41,6 @@ MAX_MEMBER_BYTES = 64 << 20  # one archive member (far more than any official fi
 ARCHIVE_RATIO, ARCHIVE_FLOOR = 64, 256 << 20  # bytes one pass may decompress and hand out
 MAX_MAT_BYTES = 64 << 20  # a .mat file (the official ones are under 1 MB)
 MAT_RATIO, MAT_FLOOR = 16, 32 << 20  # bytes a .mat file may expand to
-MAX_MAT_NESTING = 32  # cells / structs inside cells / structs
-_CHUNK = 1 << 20
 _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                (stat.S_ISSOCK, "a socket"))
@@ -64,10 +64,6 @@ def non_regular(path):
     return next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
 
 
-class _TooLarge(Exception):
-    """A bound of this module was reached while reading; the message says which."""
-
-
 class _Counted:
     """A binary stream whose reads are charged to a `_Budget` (decompressed bytes)."""
 
@@ -78,19 +74,6 @@ class _Counted:
         data = self._f.read(n if n is not None and n >= 0 else _CHUNK)
         self._budget.charge(len(data))
         return data
-
-
-class _Budget:
-    """Bytes one read may still produce: `limit`, named `what` in the message."""
-
-    def __init__(self, limit, what):
-        self.limit, self.what, self.used = limit, what, 0
-
-    def charge(self, nbytes):
-        self.used += nbytes
-        if self.used > self.limit:
-            raise _TooLarge(f"{self.what} expands past {self.limit:,} bytes (a decompression "
-                            "bomb?)")
 
 
 def _decompressed(raw):
@@ -323,93 +306,6 @@ def ascii_digits(text):
     """Whether `text` is a non-empty run of ASCII digits ('²' and '٣' are digits to str.isdigit,
     but int() refuses the first)."""
     return text.isascii() and text.isdigit()
-
-
-# ---------------------------------------------------------------------------------------------
-# MATLAB v5 files: decompressed here, within a budget
-
-_MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED = 1, 5, 6, 14, 15
-_MX_CELL, _MX_STRUCT, _MX_OBJECT = 1, 2, 3
-
-
-def _elements(buf, start, end, endian):
-    """(type, data start, data length) of the data elements in buf[start:end] (MAT v5 tags,
-    the small 4-byte form included; each normal element padded to 8 bytes)."""
-    pos = start
-    while pos + 8 <= end:
-        first, second = struct.unpack_from(endian + "II", buf, pos)
-        if first >> 16:  # small element: type and size in the first word, data in the second
-            yield first & 0xFFFF, pos + 4, first >> 16
-            pos += 8
-            continue
-        if pos + 8 + second > end:
-            raise ValueError(f"a data element of {second:,} bytes reaches past its container")
-        yield first, pos + 8, second
-        pos += 8 + second + (-second % 8)
-
-
-def _check_matrix(buf, start, end, endian, depth, budget):
-    """Walk a miMATRIX element (its data in buf[start:end]): charge `budget` for the cells or
-    struct fields it declares (scipy allocates them before reading them) and check nesting."""
-    if depth > MAX_MAT_NESTING:
-        raise _TooLarge(f"arrays nested more than {MAX_MAT_NESTING} deep")
-    parts = list(_elements(buf, start, end, endian))
-    if len(parts) < 2 or parts[0][0] != _MI_UINT32 or parts[1][0] != _MI_INT32:
-        return  # not an array header scipy would accept: scipy refuses it itself
-    flags_at, dims_at, dims_len = parts[0][1], parts[1][1], parts[1][2]
-    array_class = struct.unpack_from(endian + "I", buf, flags_at)[0] & 0xFF
-    dims = struct.unpack_from(f"{endian}{dims_len // 4}i", buf, dims_at)
-    if any(d < 0 for d in dims):
-        raise ValueError(f"an array declares negative dimensions {dims}")
-    count = math.prod(dims)
-    if array_class == _MX_CELL:
-        budget.charge(8 * count)
-    elif array_class in (_MX_STRUCT, _MX_OBJECT):
-        names = [p for p in parts[2:] if p[0] == _MI_INT8]
-        lengths = [p for p in parts[2:] if p[0] == _MI_INT32]
-        field_len = struct.unpack_from(endian + "i", buf, lengths[0][1])[0] if lengths else 1
-        fields = names[-1][2] // max(field_len, 1) if len(names) >= 2 else 1
-        budget.charge(8 * count * max(fields, 1))
-    else:
-        return  # numbers, characters, sparse: their data is in the file, already counted
-    for kind, at, length in parts[2:]:
-        if kind == _MI_MATRIX:
-            _check_matrix(buf, at, at + length, endian, depth + 1, budget)
-
-
-def inflate_mat(data, budget):
-    """A MATLAB v5 file's bytes with each compressed variable decompressed (an equivalent file
-    scipy reads without decompressing anything), within `budget`; other files unchanged."""
-    if len(data) < 128 or data[126:128] not in (b"IM", b"MI"):
-        return data  # v4 (nothing compressed) or not a v5 file: scipy tells
-    endian = "<" if data[126:128] == b"IM" else ">"
-    out = bytearray(data[:128])
-    budget.charge(len(data))
-    for kind, at, length in _elements(data, 128, len(data), endian):
-        if kind == _MI_COMPRESSED:
-            element = _inflate(data[at:at + length], budget)
-        else:
-            element = data[at - 8:at + length]
-        for inner, inner_at, inner_length in _elements(element, 0, len(element), endian):
-            if inner == _MI_MATRIX:
-                _check_matrix(element, inner_at, inner_at + inner_length, endian, 1, budget)
-        out += element
-    return bytes(out)
-
-
-def _inflate(compressed, budget):
-    """zlib-decompress one compressed variable, charging `budget` as the bytes come."""
-    dec, out, pending = zlib.decompressobj(), bytearray(), compressed
-    while not dec.eof:
-        piece = dec.decompress(pending, _CHUNK)
-        budget.charge(len(piece))
-        out += piece
-        pending = dec.unconsumed_tail
-        if not piece and not pending:
-            break
-    if not dec.eof:
-        raise ValueError("a compressed variable is truncated")
-    return bytes(out)
 
 
 @dataclasses.dataclass
