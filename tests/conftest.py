@@ -28,10 +28,20 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
 
 
+# XLA's CPU backend without LLVM's optimisation passes: the tests' programs are tiny, so
+# compiling them dominates the suite's time, and -O0 halves it; what a program computes does
+# not change (the operations and their order are XLA's, not LLVM's). Subprocesses inherit it.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
 def pytest_configure(config):
     """One persistent compilation cache per test session: tests that build the same program
-    (the same config's step, the same reference computation) compile it once."""
+    (the same config's step, the same reference computation) compile it once. XLA's flags
+    are set here, before JAX starts its backend."""
     import tempfile
+
+    if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
     from mgr_jax import compile_cache
 

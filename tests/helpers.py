@@ -10,6 +10,11 @@ from mgr_jax.experiments import runs
 from mgr_jax.models import resnet
 
 
+def xla_flags(*more):
+    """XLA_FLAGS for a test's subprocess: the suite's own (conftest.py) and `more`."""
+    return " ".join([os.environ.get("XLA_FLAGS", ""), *more]).strip()
+
+
 def tiny_config(**overrides):
     """The default config shrunk: base, ResNet-10 at width 1/8 on 8x8 inputs, one augmentation
     op, 30 % of D, 2 epochs."""

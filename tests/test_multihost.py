@@ -18,6 +18,7 @@ import pytest
 
 from mgr_jax import multihost
 from mgr_jax.errors import UserError
+from tests.helpers import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tests/helpers.tiny_config as flags (the command line is what a cluster runs), on half its data
@@ -36,7 +37,7 @@ def _free_port():
 
 def _start(workdir, args, devices=1, log=None):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=xla_flags(f"--xla_force_host_platform_device_count={devices}"))
     out = open(log or os.devnull, "w")  # noqa: SIM115 (closed with the process below)
     process = subprocess.Popen([sys.executable, "-m", "mgr_jax.main", f"--workdir={workdir}",
                                 *TINY, *args], cwd=ROOT, env=env, stdout=out,
