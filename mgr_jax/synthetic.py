@@ -6,8 +6,11 @@ discarded: running statistics follow the real data only, which is what evaluatio
 Images reach the classifier through its own normalisation (`contract.Classifier.normalize`),
 the one that real batches are given in.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mgr_jax import contract, losses, synthetic_augment
 
@@ -39,18 +42,44 @@ def match_channels(images, channels):
                      f"{channels} channels: only equal counts, 1 -> any and 3 -> 1 are mapped")
 
 
+@functools.lru_cache(maxsize=64)
+def bilinear_weights(size_in, size_out):
+    """(size_out, size_in) float32 matrix of `jax.image.resize`'s "bilinear" along one axis:
+    half-pixel centres, a triangle kernel widened by in/out when shrinking (antialiasing),
+    each row normalised to sum 1. Computed in float64 with numpy: a constant of the program."""
+    scale = size_out / size_in
+    centres = (np.arange(size_out) + 0.5) / scale - 0.5
+    w = np.maximum(0.0, 1.0 - np.abs(np.arange(size_in)[None, :] - centres[:, None])
+                   * min(scale, 1.0))
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def resize_bilinear(images, height, width):
+    """(N, h, w, C) -> (N, height, width, C), `jax.image.resize(..., "bilinear")` (to float32
+    round-off) as two matrix products on channel-first images.
+
+    jax.image.resize contracts the channel-last layout, and XLA's GPU compiler (Triton GEMM)
+    refuses that dot for shapes such as 256 -> 224 with "Couldn't find output tile sizes"; with
+    the spatial axis minor-most the dots compile for GPU and TPU, forward and differentiated.
+    """
+    x = jnp.transpose(images, (0, 3, 1, 2))  # N C h w
+    hp = jax.lax.Precision.HIGHEST  # as jax.image.resize: no TF32 / bf16 passes
+    x = jnp.einsum("nchw,pw->nchp", x, bilinear_weights(images.shape[2], width), precision=hp)
+    x = jnp.einsum("nchp,oh->ncop", x, bilinear_weights(images.shape[1], height), precision=hp)
+    return jnp.transpose(x, (0, 2, 3, 1))
+
+
 def synthesize(generator, gen_params, w, labels, image_size, channels=3):
     """[0, 1] NHWC float32 images at the classifier's input size from latents w = F(z).
 
     image_size: int (square) or (H, W); channels: the classifier's channel count (see
-    `match_channels`). The resize is differentiable (jax.image.resize, bilinear), so MPS can
+    `match_channels`). The resize is differentiable (`resize_bilinear`), so MPS can
     backpropagate to w. w (N, *latent_shape), labels (N,) int.
     """
     height, width = contract.input_shape_of(image_size)[:2]
     images = generator.sample(gen_params, w, labels).astype(jnp.float32)
     if images.shape[1] != height or images.shape[2] != width:
-        images = jax.image.resize(images, (images.shape[0], height, width, images.shape[-1]),
-                                  "bilinear")
+        images = resize_bilinear(images, height, width)
     images = match_channels(images, channels)
     # A NaN or inf from the generator stays NaN (clipping would hide inf, and XLA's min/max
     # may drop NaN on some backends): the losses then become NaN and the run stops (status 3).

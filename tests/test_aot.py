@@ -1,0 +1,160 @@
+"""Ahead-of-time compilation for accelerators that are not here (mgr_jax.aot).
+
+The tests marked `aot` are the accelerator guard: they compile a small MGR step (exact and
+finite-difference hypergradient) for a TPU topology and for an H100, so that an op that only
+works on CPU, or a program a GPU compiler refuses, fails. They need libtpu and the CUDA
+plugin, which `.ci/run` installs in a virtualenv of its own after the suite; without them they
+skip. The others check the command's pieces on the CPU.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from mgr_jax import aot
+from mgr_jax.errors import UserError
+from tests.helpers import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _installed(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a missing parent package
+        return False
+
+
+HAVE_TPU = _installed("libtpu")
+HAVE_CUDA = _installed("jax_plugins.xla_cuda12")
+
+
+def _small_config():
+    """tiny_config with the MPS step: 8x8, ResNet-10 at width 1/8, a random generator."""
+    return tiny_config(method="mgr", batch_size=16, synthetic_batch_size=16)
+
+
+@pytest.mark.aot
+@pytest.mark.skipif(not (HAVE_TPU and HAVE_CUDA), reason="libtpu and the CUDA plugin are not "
+                    "installed (.ci/run installs them for this guard)")
+@pytest.mark.parametrize("name", ["v5e", "h100"])
+def test_small_mgr_steps_compile_for_tpu_and_gpu(name):
+    config = _small_config()
+    target = aot.target(name)
+    assert target.platform == {"v5e": "tpu", "h100": "cuda"}[name]
+    generator = aot.load_generator(config.generator, 10)
+    for step in ("mgr_exact", "mgr_fd", "pcr"):
+        report = aot.compile_step(config, step, "float32", target, generator, 10)
+        assert not report.error, report.error
+        # the arguments are at least the state, batch and generator (padding may add to
+        # them), and the donated state comes back in place of the old
+        _, args = aot.abstract_step(aot.step_config(config, step, "float32"), generator, 10,
+                                    target.devices)
+        state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(args[0])
+                          if jax.dtypes.issubdtype(x.dtype, np.number))
+        assert report.argument_bytes >= state_bytes + sum(
+            x.size * x.dtype.itemsize for x in jax.tree.leaves(args[1:])
+            if jax.dtypes.issubdtype(x.dtype, np.number))
+        assert report.alias_bytes >= state_bytes // 2 and report.fits
+        if name == "v5e":  # the TPU compiler's cost model
+            assert report.flops > 0 and report.bytes_accessed > 0
+
+
+def test_gpu_target_configs_describe_the_data_sheets():
+    text = aot.gpu_target_config(aot.GPU_SPECS["h100"])
+    fields = dict(line.strip().split(": ", 1) for line in text.splitlines()
+                  if ": " in line and "{" not in line)
+    assert fields["core_count"] == "132" and fields["device_memory_size"] == str(81559 << 20)
+    assert "cuda_compute_capability { major: 9 minor: 0 }" in text
+    assert aot._memory_from_proto(text) == 81559 << 20  # noqa: SLF001
+    a100 = aot.gpu_target_config(aot.GPU_SPECS["a100-40gb"])
+    assert aot._memory_from_proto(a100) == 40 << 30  # noqa: SLF001
+    assert "major: 8 minor: 0" in a100
+
+
+def test_class_counts_come_from_the_dataset_builders():
+    config = tiny_config()
+    assert aot.num_classes_of(config) == 10
+    config.data.name = "cars"
+    assert aot.num_classes_of(config) == 196
+    config.data.name = "imagefolder"
+    with pytest.raises(UserError, match="--num_classes"):
+        aot.num_classes_of(config)
+
+
+def test_step_configs_scale_the_synthetic_batch_with_the_real_one():
+    config = tiny_config(batch_size=32, synthetic_batch_size=16)
+    cfg = aot.step_config(config, "mgr_fd", "bfloat16", batch_size=96)
+    assert (cfg.method, cfg.mps.hypergradient, cfg.model.dtype) == \
+        ("mgr", "finite_difference", "bfloat16")
+    assert (cfg.batch_size, cfg.synthetic_batch_size) == (96, 48)
+    assert config.batch_size == 32 and config.method == "base"  # the caller's is untouched
+
+
+def test_largest_batch_follows_the_memory_line(monkeypatch):
+    """With memory affine in the batch (what compiled steps show), the search lands on the
+    largest multiple of the device count under the device's memory, and checks it."""
+    fixed, per_image, memory, devices = 3 << 30, 37 << 20, 16 << 30, 4
+    compiled = []
+
+    def fake_compile(config, step, dtype, target, generator, num_classes, batch_size=None):
+        compiled.append(batch_size)
+        return aot.Report("fake", dtype, step, batch_size, argument_bytes=fixed,
+                          temp_bytes=per_image * batch_size, device_bytes=memory)
+
+    monkeypatch.setattr(aot, "compile_step", fake_compile)
+    target = aot.Target("fake", [None] * devices, memory, "tpu")
+    first = fake_compile(None, "pcr", "float32", target, None, 10, 64)
+    best = aot.largest_batch(None, "pcr", "float32", target, None, 10, first)
+    expected = (memory - fixed) // per_image // devices * devices
+    assert best == expected, (best, expected, compiled)
+    assert len(compiled) <= 4
+
+
+def test_the_compiled_step_is_the_trainers(tmp_path):
+    """On the CPU's own devices: the step aot compiles, run on a batch, gives the same state
+    and metrics as the trainer's jitted step on that batch (same program, same shardings)."""
+    from mgr_jax import sharding, train
+
+    config = _small_config()
+    config.mps.hypergradient = "finite_difference"
+    pipeline, _, method, state, rng = train.setup(config, sharding.create_mesh())
+    batch = next(iter(pipeline.train_batches(1, with_val=True)))
+    pipeline.close()
+    batch = sharding.shard_batch(batch, sharding.create_mesh())
+    jitted, args = aot.abstract_step(aot.step_config(config, "mgr_fd", "float32"),
+                                     aot.load_generator(config.generator, 10), 10, jax.devices())
+    assert jax.tree.structure(args[0]) == jax.tree.structure(state)
+    assert all(a.shape == b.shape and a.dtype == b.dtype
+               for a, b in zip(jax.tree.leaves(args[0]), jax.tree.leaves(state)))
+    compiled = jitted.lower(*args).compile()
+    copy = jax.tree.map(lambda x: x.copy(), state)
+    got_state, got = compiled(copy, batch, rng, method.frozen)
+    want_state, want = jax.jit(method.train_step)(state, batch, rng, method.frozen)
+    for a, b in zip(jax.tree.leaves((got_state, got)), jax.tree.leaves((want_state, want))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def _aot_cli(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "mgr_jax.aot", "--config=configs/default.py",
+                           *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_command_refuses_bad_targets_and_steps_in_one_line(tmp_path):
+    for args, message in (
+            (["--targets=h200x"], "unknown target 'h200x'"),
+            (["--targets=h100", "--steps=mgr_fast"], "unknown step 'mgr_fast'"),
+            (["--targets=gpu:" + str(tmp_path / "none.txtpb")], "cannot read the target config"),
+            (["--config.batch_size=-3"], "batch_size")):
+        done = _aot_cli(*args)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
+    if not HAVE_TPU:
+        done = _aot_cli("--targets=v5e", "--steps=base")
+        assert done.returncode == 2 and 'pip install "jax[tpu]==' in done.stderr, done.stderr
