@@ -49,6 +49,9 @@ from mgr_jax.models import stylegan2
 STEPS = {  # step name -> (config.method, overrides)
     "base": ("base", {}),
     "gda": ("gda", {}),
+    "gda_mh": ("gda_mh", {}),
+    "gda_ssl": ("gda_ssl", {}),
+    "gda_mps": ("gda_mps", {}),
     "pcr": ("pcr", {}),
     "mgr": ("mgr", {}),
     "mgr_exact": ("mgr", {"mps.hypergradient": "exact"}),

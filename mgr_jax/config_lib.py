@@ -386,7 +386,7 @@ def _device_memory(device):
 
 
 def _gb(n):
-    return f"{n / 2 ** 30:.1f} GiB"
+    return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
 
 
 def check_memory(config, devices):
@@ -416,3 +416,27 @@ def check_memory(config, devices):
     _require(eval_need <= available,
              f"eval_batch_size={config.eval_batch_size} needs at least {_gb(eval_need)} for one "
              f"evaluation batch, more than the {_gb(available)} {what}; lower eval_batch_size")
+
+
+def compiled_peak_bytes(memory):
+    """Bytes one device holds while a compiled step runs, from its `memory_analysis()`:
+    arguments, outputs not written over donated arguments, and temporaries."""
+    return (memory.argument_size_in_bytes + memory.output_size_in_bytes
+            - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+
+
+def check_compiled_memory(config, memory, device):
+    """UserError when the compiler's memory analysis of the training step (`memory`, from
+    `compiled.memory_analysis()`) exceeds what `device` holds: the exact figure on backends
+    that report their memory (GPU, TPU), where `check_memory` has only a lower bound."""
+    available, what = _device_memory(device)
+    if not available or memory is None or device.platform == "cpu":
+        return
+    need = compiled_peak_bytes(memory)
+    _require(need <= available,
+             f"batch_size={config.batch_size} (synthetic_batch_size="
+             f"{config.synthetic_batch_size}) needs {_gb(need)} per device for one {config.method} "
+             f"training step (the compiler's memory analysis), more than the {_gb(available)} "
+             f"{what}; lower batch_size (or data.image_size, model.width), use model.dtype="
+             "bfloat16, or add devices")
+

@@ -117,9 +117,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     `max_epochs_this_run` stops early after that many epochs (a resumable pause, as a time
     limit would). `stop` (a `threading.Event`, set by a signal handler, say) ends the run
     between two steps with `errors.Interrupted`, the saves under way finished: the run resumes
-    from its last saved epoch. Everything is checked before anything is written: the config, the workdir
-    (`workdir.inspect`), what the batch sizes need of memory, the data, weights and
-    generator (`setup`); the run then holds the workdir's lock until it returns.
+    from its last saved epoch. Everything is checked before anything is written: the config,
+    the workdir (`workdir.inspect`), what the batch sizes need of memory (on a GPU or TPU, the
+    compiler's memory analysis of the step), the data, weights and generator (`setup`); the
+    run then holds the workdir's lock until it returns.
 
     In a multi-host job (`multihost.initialize` first) every process calls it: a check that
     fails on one process stops all of them (`multihost.together`); process 0 takes the lock
@@ -133,6 +134,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         mesh = sharding.create_mesh()
         config_lib.check_memory(config, list(mesh.devices.flat))
         pipeline, model, method, state, loop_rng = setup(config, mesh)
+        if mesh.devices.flat[0].platform != "cpu":  # the compiler's figure, where it is exact
+            config_lib.check_compiled_memory(
+                config, _step_memory(config, method, state, loop_rng, pipeline, mesh),
+                mesh.devices.flat[0])
     # Nothing is written before here: bad input leaves the workdir as it was.
     with contextlib.ExitStack() as stack:
         with multihost.together("taking the workdir's lock"):
@@ -140,6 +145,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                                     enabled=multihost.is_primary()))
         return _run(config, workdir, max_epochs_this_run, mesh, pipeline, model, method, state,
                     loop_rng, stop)
+
+
+def _step_memory(config, method, state, loop_rng, pipeline, mesh):
+    """`memory_analysis()` of the (meta) training step compiled for the run's shapes, before
+    any batch is read (the persistent compilation cache gives the loop the same program)."""
+    size = pipeline.image_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
+    b, split = config.batch_size, sharding.data_sharded(mesh)
+    image = jax.ShapeDtypeStruct((b, height, width, 3), jnp.float32, sharding=split)
+    label = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=split)
+    batch = {"image": image, "label": label}
+    if method.needs_val:
+        batch.update(val_image=image, val_label=label)
+    replicated = sharding.replicated(mesh)  # jitted as the loop jits it (`_run`)
+    step = method.jit(donate_argnums=(0,), out_shardings=(replicated, replicated)).train_step
+    compiled = step.lower(state, batch, loop_rng, method.frozen).compile()
+    return compiled.memory_analysis()
 
 
 def _warn(line):

@@ -8,8 +8,6 @@ skip. The others check the command's pieces on the CPU.
 """
 import importlib.util
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -115,19 +113,42 @@ def test_largest_batch_follows_the_memory_line(monkeypatch):
     assert len(compiled) <= 4
 
 
-def test_the_compiled_step_is_the_trainers(tmp_path):
+class _FakeAccelerator:
+    """A device that reports its memory as a GPU does (memory_stats' bytes_limit)."""
+    platform, device_kind = "gpu", "Fake GPU"
+
+    def __init__(self, limit):
+        self.limit = limit
+
+    def memory_stats(self):
+        return {"bytes_limit": self.limit}
+
+
+def test_the_compiled_step_is_the_trainers_and_its_memory_is_checked():
     """On the CPU's own devices: the step aot compiles, run on a batch, gives the same state
-    and metrics as the trainer's jitted step on that batch (same program, same shardings)."""
-    from mgr_jax import sharding, train
+    and metrics as the trainer's jitted step (same program, same shardings); its memory
+    analysis is the one the trainer checks before a run on an accelerator, which refuses a
+    device one byte too small and accepts one that holds it."""
+    from mgr_jax import config_lib, sharding, train
 
     config = _small_config()
     config.mps.hypergradient = "finite_difference"
-    pipeline, _, method, state, rng = train.setup(config, sharding.create_mesh())
-    batch = next(iter(pipeline.train_batches(1, with_val=True)))
+    mesh = sharding.create_mesh()
+    pipeline, _, method, state, rng = train.setup(config, mesh)
+    batch = sharding.shard_batch(next(iter(pipeline.train_batches(1, with_val=True))), mesh)
+    trainer_memory = train._step_memory(config, method, state, rng, pipeline, mesh)  # noqa: SLF001
     pipeline.close()
-    batch = sharding.shard_batch(batch, sharding.create_mesh())
-    jitted, args = aot.abstract_step(aot.step_config(config, "mgr_fd", "float32"),
-                                     aot.load_generator(config.generator, 10), 10, jax.devices())
+    cpu = aot.Target("cpu", jax.devices(), 1 << 40, "cpu")
+    generator = aot.load_generator(config.generator, 10)
+    report = aot.compile_step(config, "mgr_fd", "float32", cpu, generator, 10)
+    peak = config_lib.compiled_peak_bytes(trainer_memory)
+    assert report.peak_bytes == peak and report.temp_bytes == trainer_memory.temp_size_in_bytes
+    with pytest.raises(UserError, match=r"batch_size=16 .*MiB per device .*compiler's memory"):
+        config_lib.check_compiled_memory(config, trainer_memory, _FakeAccelerator(peak - 1))
+    config_lib.check_compiled_memory(config, trainer_memory, _FakeAccelerator(peak))
+
+    jitted, args = aot.abstract_step(aot.step_config(config, "mgr_fd", "float32"), generator,
+                                     10, jax.devices())
     assert jax.tree.structure(args[0]) == jax.tree.structure(state)
     assert all(a.shape == b.shape and a.dtype == b.dtype
                for a, b in zip(jax.tree.leaves(args[0]), jax.tree.leaves(state)))
@@ -139,22 +160,20 @@ def test_the_compiled_step_is_the_trainers(tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
-def _aot_cli(*args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "mgr_jax.aot", "--config=configs/default.py",
-                           *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+def test_command_refuses_bad_targets_and_steps_in_one_line(tmp_path, capsys):
+    def run(*args):
+        config = os.path.join(ROOT, "configs", "default.py")
+        status = aot.main(["aot", f"--config={config}", *args])
+        return status, capsys.readouterr().err.strip().splitlines()
 
-
-def test_command_refuses_bad_targets_and_steps_in_one_line(tmp_path):
     for args, message in (
             (["--targets=h200x"], "unknown target 'h200x'"),
             (["--targets=h100", "--steps=mgr_fast"], "unknown step 'mgr_fast'"),
             (["--targets=gpu:" + str(tmp_path / "none.txtpb")], "cannot read the target config"),
-            (["--config.batch_size=-3"], "batch_size")):
-        done = _aot_cli(*args)
-        lines = done.stderr.strip().splitlines()
-        assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
+            (["--config.batch_size=-3"], "batch_size"),
+            (["--out=" + __file__], "exists; give a new file name")):
+        status, lines = run(*args)
+        assert status == 2 and len(lines) == 1 and message in lines[0], lines
     if not HAVE_TPU:
-        done = _aot_cli("--targets=v5e", "--steps=base")
-        assert done.returncode == 2 and 'pip install "jax[tpu]==' in done.stderr, done.stderr
+        status, lines = run("--targets=v5e", "--steps=base")
+        assert status == 2 and 'pip install "jax[tpu]==' in lines[0], lines
