@@ -83,6 +83,9 @@ def get_config():
     config.model.init_checkpoint = ""
     # Compute dtype of the classifier: float32 or bfloat16 (parameters stay float32).
     config.model.dtype = "float32"
+    # Recompute each residual block's activations in the backward pass instead of keeping them
+    # (less memory per step, about one more forward pass of compute; same results).
+    config.model.remat = False
 
     # Weight of the synthetic-sample loss: the paper's lambda (grid 0.1..1.0 chosen on D_val).
     # Named lambda_ because `--config.lambda=` is a Python keyword the flag parser refuses.

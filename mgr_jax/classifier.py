@@ -50,7 +50,8 @@ def create_optimizer(config, learning_rate_fn):
 def create_model(config, num_classes):
     return resnet.create_model(config.model.arch, num_classes=num_classes,
                                width=config.model.width, cifar_stem=config.model.cifar_stem,
-                               dtype=jnp.dtype(config.model.dtype))
+                               dtype=jnp.dtype(config.model.dtype),
+                               remat=config.model.get("remat", False))
 
 
 def create_train_state(rng, model, tx, image_size=None, init_variables=None, meta=None):

@@ -129,6 +129,7 @@ SCHEMA = {
         "cifar_stem": Field("bool"),
         "init_checkpoint": Field("str"),
         "dtype": Field("str", _one_of(DTYPES)),
+        "remat": Field("bool"),
     },
     "lambda_": NON_NEGATIVE,
     "generator": {

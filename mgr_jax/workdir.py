@@ -37,7 +37,7 @@ RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "data.num_workers", "data.
                      "data.prefetch_batches", "data.manual_dir", "data.prepared_dir",
                      "distributed.enabled", "distributed.coordinator_address",
                      "distributed.num_processes", "distributed.process_id",
-                     "distributed.timeout_s")
+                     "distributed.timeout_s", "model.remat")
 
 
 def flatten(d, prefix=""):
@@ -55,7 +55,7 @@ def flatten(d, prefix=""):
 # behaviour: a saved config without one of them matches a config that has it at this value.
 LATER_FIELDS = {"mps.finder_optimizer": "adam", "mps.finder_b1": 0.9, "mps.finder_b2": 0.999,
                 "mps.normalize_hypergrad": False, "mps.finder_warmup_steps": 0,
-                "mps.update_every": 1, "mps.log_meta_descent": False}
+                "mps.update_every": 1, "mps.log_meta_descent": False, "model.remat": False}
 
 
 def config_differences(saved, current, resumable=RESUMABLE_CHANGES):

@@ -110,3 +110,35 @@ def test_conv_parameters_are_flax_convs():
     np.testing.assert_array_equal(ours["params"]["kernel"], theirs["params"]["kernel"])
     np.testing.assert_allclose(resnet.Conv(16, 3, 2).apply(ours, x + 1.0),
                                flax_conv.apply(theirs, x + 1.0), rtol=1e-5, atol=1e-5)
+
+
+def test_remat_keeps_variables_and_results_and_recomputes_the_blocks():
+    """model.remat: the same variables, the same loss and gradients (recomputed, not
+    approximated), and the blocks' convolutions run again in the backward pass (that it
+    lowers the memory is checked on GPU and TPU targets: tests/test_aot.py)."""
+    plain = resnet.create_model("resnet18", num_classes=10, width=0.25, cifar_stem=True)
+    remat = resnet.create_model("resnet18", num_classes=10, width=0.25, cifar_stem=True,
+                                remat=True)
+    x = jax.random.normal(jax.random.key(1), (32, 32, 32, 3))
+    variables = plain.init(jax.random.key(0), x[:1], train=False)
+    assert jax.tree.structure(remat.init(jax.random.key(0), x[:1], train=False)) == \
+        jax.tree.structure(variables)
+
+    def loss(model):
+        def fn(params):
+            (logits, _), stats = model.apply({**variables, "params": params}, x, train=True,
+                                             mutable=["batch_stats"])
+            return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[:, 0]), stats
+        return jax.jit(jax.value_and_grad(fn, has_aux=True))
+
+    (a, stats_a), grads_a = loss(plain)(variables["params"])
+    (b, stats_b), grads_b = loss(remat)(variables["params"])
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    for u, v in zip(jax.tree.leaves((grads_a, stats_a)), jax.tree.leaves((grads_b, stats_b))):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+    convs = [loss(m).lower(variables["params"]).as_text().count("stablehlo.convolution")
+             for m in (plain, remat)]
+    # ResNet-18: 20 convolutions forward (the stem and 19 in the blocks, 3 of them shortcuts),
+    # two each in the backward pass but the stem's (its input gradient is not needed); remat
+    # runs the blocks' 19 once more
+    assert convs == [59, 59 + 19], convs

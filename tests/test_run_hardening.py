@@ -468,7 +468,8 @@ def test_a_run_saved_before_later_fields_resumes_and_keeps_its_name(tmp_path):
     config = tiny_config(method="mgr")
     saved = config_lib.to_dict(config)
     for key in workdir_lib.LATER_FIELDS:
-        del saved["mps"][key.split(".")[1]]
+        section, field = key.split(".")
+        del saved[section][field]
     checkpoints.write_config(str(tmp_path), saved)
     checkpoints.check_workdir_config(str(tmp_path), config_lib.to_dict(config))  # resumes
     changed = tiny_config(method="mgr", **{"mps.update_every": 4})

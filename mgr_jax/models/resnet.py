@@ -142,7 +142,9 @@ class ResNet(nn.Module):
     """torchvision ResNet: `apply(v, x, train)` -> (logits (N, classes), features (N, D)).
 
     x is NHWC, already normalised. `cifar_stem` swaps the 7x7/2 conv + max-pool for one 3x3/1
-    conv (small inputs); `width` scales every stage's channels (64 * width at the stem).
+    conv (small inputs); `width` scales every stage's channels (64 * width at the stem);
+    `remat` trades memory for compute: each residual block's activations are recomputed when
+    the backward pass needs them instead of being kept (same results).
     """
     block: Type[nn.Module]
     stage_sizes: Sequence[int]
@@ -150,6 +152,7 @@ class ResNet(nn.Module):
     width: float = 1.0
     cifar_stem: bool = False
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False  # recompute each block's activations in the backward pass
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -162,10 +165,12 @@ class ResNet(nn.Module):
         x = nn.relu(TorchBatchNorm(dtype=self.dtype, name="bn1")(x, train))
         if not self.cifar_stem:
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        # nn.remat keeps the block's name, so the variables are the same with or without it
+        block = nn.remat(self.block, static_argnums=(2,)) if self.remat else self.block
         for i, blocks in enumerate(self.stage_sizes):
             for j in range(blocks):
                 stride = 2 if i > 0 and j == 0 else 1
-                x = self.block(base * 2 ** i, stride, self.dtype, name=f"layer{i + 1}_{j}")(x, train)
+                x = block(base * 2 ** i, stride, self.dtype, name=f"layer{i + 1}_{j}")(x, train)
         features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         logits = nn.Dense(self.num_classes, dtype=jnp.float32, name="fc")(features)
         return logits, features
