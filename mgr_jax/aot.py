@@ -25,7 +25,6 @@ optional extras, never requirements. The command runs on the host's CPU whatever
 """
 import dataclasses
 import importlib
-import json
 import math
 import os
 import sys
@@ -366,8 +365,9 @@ HEADER = ("target     dtype    step      batch   args    out   temp  peak/device
 
 
 def run(config, targets, steps, dtypes, generator_spec="config", num_classes=None,
-        max_batch=False, out=print):
-    """Compile every (target, dtype, step) and print a row each; returns the Reports."""
+        max_batch=False, out=print, on_report=None):
+    """Compile every (target, dtype, step) and print a row each; returns the Reports.
+    `on_report(reports so far)` is called after each (e.g. to save them as they come)."""
     config_lib.validate(config, paths=False)
     for step in steps:
         if step not in STEPS:
@@ -404,6 +404,8 @@ def run(config, targets, steps, dtypes, generator_spec="config", num_classes=Non
                                                      num_classes, report)
                 reports.append(report)
                 out(format_row(report))
+                if on_report is not None:
+                    on_report(reports)
     return reports
 
 
@@ -436,17 +438,16 @@ def main(argv=None):
     fv = _flags(argv)
     try:
         main_lib.parse(argv, fv)
-        if fv.out:
-            if os.path.lexists(fv.out):
-                raise UserError(f"--out={fv.out} exists; give a new file name")
-        reports = run(fv.config, fv.targets.split(","), fv.steps.split(","),
-                      fv.dtypes.split(","), fv.generator, fv.num_classes, fv.max_batch,
-                      out=lambda line: print(line, flush=True))
-        if fv.out:
-            rows = [dict(dataclasses.asdict(r), peak_bytes=r.peak_bytes, fits=r.fits)
-                    for r in reports]
-            with files.open_new(fv.out) as f:
-                json.dump(rows, f, indent=1)
+        if fv.out and os.path.lexists(fv.out):
+            raise UserError(f"--out={fv.out} exists; give a new file name")
+
+        def save(reports):  # after every row: a long run stopped midway keeps what it made
+            files.write_json(fv.out, [dict(dataclasses.asdict(r), peak_bytes=r.peak_bytes,
+                                           fits=r.fits) for r in reports])
+
+        run(fv.config, fv.targets.split(","), fv.steps.split(","), fv.dtypes.split(","),
+            fv.generator, fv.num_classes, fv.max_batch,
+            out=lambda line: print(line, flush=True), on_report=save if fv.out else None)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -41,17 +41,19 @@ def _small_config():
 @pytest.mark.skipif(not (HAVE_TPU and HAVE_CUDA), reason="libtpu and the CUDA plugin are not "
                     "installed (.ci/run installs them for this guard)")
 @pytest.mark.parametrize("name", ["v5e", "h100"])
-def test_small_mgr_steps_compile_for_tpu_and_gpu(name):
+def test_every_method_compiles_for_tpu_and_gpu(name):
     config = _small_config()
     target = aot.target(name)
     assert target.platform == {"v5e": "tpu", "h100": "cuda"}[name]
     generator = aot.load_generator(config.generator, 10)
-    for step in ("mgr_exact", "mgr_fd", "pcr"):
-        report = aot.compile_step(config, step, "float32", target, generator, 10)
-        assert not report.error, report.error
+    steps = [(step, "float32") for step in aot.STEPS if step != "mgr"] + [
+        ("mgr_exact", "bfloat16")]
+    for step, dtype in steps:  # every method; MGR with both hypergradients and in bfloat16
+        report = aot.compile_step(config, step, dtype, target, generator, 10)
+        assert not report.error, (step, dtype, report.error)
         # the arguments are at least the state, batch and generator (padding may add to
         # them), and the donated state comes back in place of the old
-        _, args = aot.abstract_step(aot.step_config(config, step, "float32"), generator, 10,
+        _, args = aot.abstract_step(aot.step_config(config, step, dtype), generator, 10,
                                     target.devices)
         state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(args[0])
                           if jax.dtypes.issubdtype(x.dtype, np.number))
