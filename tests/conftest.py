@@ -40,7 +40,9 @@ def pytest_configure(config):
     are set here, before JAX starts its backend."""
     import tempfile
 
-    if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+    # (the accelerator guard in .ci/run compiles with XLA's defaults, as users do)
+    if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", "") and \
+            os.environ.get("MGR_JAX_XLA_DEFAULT_FLAGS") != "1":
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
     from mgr_jax import compile_cache
