@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgr_jax import aot
+from mgr_jax import aot, aot_targets
 from mgr_jax.errors import UserError
 from tests.helpers import tiny_config
 
@@ -43,7 +43,7 @@ def _small_config():
 @pytest.mark.parametrize("name", ["v5e", "h100"])
 def test_every_method_compiles_for_tpu_and_gpu(name):
     config = _small_config()
-    target = aot.target(name)
+    target = aot_targets.target(name)
     assert target.platform == {"v5e": "tpu", "h100": "cuda"}[name]
     generator = aot.load_generator(config.generator, 10)
     steps = [(step, "float32") for step in aot.STEPS if step != "mgr"] + [
@@ -75,7 +75,7 @@ def test_remat_lowers_the_memory_of_a_training_step_on_a_gpu():
 
     from mgr_jax.models import resnet
 
-    devices = aot.target("h100").devices
+    devices = aot_targets.target("h100").devices
     replicated = NamedSharding(Mesh(np.asarray(devices), ("d",)), P())
     x = jax.ShapeDtypeStruct((32, 64, 64, 3), jnp.float32, sharding=replicated)
     temps = []
@@ -99,14 +99,14 @@ def test_remat_lowers_the_memory_of_a_training_step_on_a_gpu():
 
 
 def test_gpu_target_configs_describe_the_data_sheets():
-    text = aot.gpu_target_config(aot.GPU_SPECS["h100"])
+    text = aot_targets.gpu_target_config(aot_targets.GPU_SPECS["h100"])
     fields = dict(line.strip().split(": ", 1) for line in text.splitlines()
                   if ": " in line and "{" not in line)
     assert fields["core_count"] == "132" and fields["device_memory_size"] == str(81559 << 20)
     assert "cuda_compute_capability { major: 9 minor: 0 }" in text
-    assert aot._memory_from_proto(text) == 81559 << 20  # noqa: SLF001
-    a100 = aot.gpu_target_config(aot.GPU_SPECS["a100-40gb"])
-    assert aot._memory_from_proto(a100) == 40 << 30  # noqa: SLF001
+    assert aot_targets._memory_from_proto(text) == 81559 << 20  # noqa: SLF001
+    a100 = aot_targets.gpu_target_config(aot_targets.GPU_SPECS["a100-40gb"])
+    assert aot_targets._memory_from_proto(a100) == 40 << 30  # noqa: SLF001
     assert "major: 8 minor: 0" in a100
 
 
@@ -141,7 +141,7 @@ def test_largest_batch_follows_the_memory_line(monkeypatch):
                           temp_bytes=per_image * batch_size, device_bytes=memory)
 
     monkeypatch.setattr(aot, "compile_step", fake_compile)
-    target = aot.Target("fake", [None] * devices, memory, "tpu")
+    target = aot_targets.Target("fake", [None] * devices, memory, "tpu")
     first = fake_compile(None, "pcr", "float32", target, None, 10, 64)
     best = aot.largest_batch(None, "pcr", "float32", target, None, 10, first)
     expected = (memory - fixed) // per_image // devices * devices
@@ -174,7 +174,7 @@ def test_the_compiled_step_is_the_trainers_and_its_memory_is_checked():
     batch = sharding.shard_batch(next(iter(pipeline.train_batches(1, with_val=True))), mesh)
     trainer_memory = train._step_memory(config, method, state, rng, pipeline, mesh)  # noqa: SLF001
     pipeline.close()
-    cpu = aot.Target("cpu", jax.devices(), 1 << 40, "cpu")
+    cpu = aot_targets.Target("cpu", jax.devices(), 1 << 40, "cpu")
     generator = aot.load_generator(config.generator, 10)
     report = aot.compile_step(config, "mgr_fd", "float32", cpu, generator, 10)
     peak = config_lib.compiled_peak_bytes(trainer_memory)
