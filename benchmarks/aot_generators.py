@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from configs import default  # noqa: E402
-from mgr_jax import aot  # noqa: E402
+from mgr_jax.run import aot  # noqa: E402
 
 # kind -> (fixture file, class count); sgxl's fixture is conditional on 4 classes, FastGAN's
 # is unconditional

@@ -16,7 +16,7 @@ Table 1, per kind: the first call of jit(sample) (compile + run), the median of 
 after it, samples/s and XLA's FLOPs per sample, at --batch.
 Table 2, per kind: the MGR (exact hypergradient) and base train steps of configs/default.py's
 classifier (ResNet-18 width 0.25, CIFAR stem, 16x16, 10 classes) with that generator, built by
-`mgr_jax.methods.build(..., generator=gen)` through benchmarks/step_time.py's helpers; batch
+`mgr_jax.run.build.build(..., generator=gen)` through benchmarks/step_time.py's helpers; batch
 --step-batch real + as many synthetic (+ as many D_val for MGR). Each step is compiled, then
 base and every kind's MGR step are timed interleaved (each round runs one step of each), so the
 ratios compare like with like when other processes load the machine; medians are reported.
@@ -36,9 +36,11 @@ import jax.numpy as jnp  # noqa: E402
 from benchmarks import step_time  # noqa: E402
 from mgr_jax.generators import biggan, edm, fastgan  # noqa: E402
 from mgr_jax.generators.base import Generator  # noqa: E402
-from mgr_jax.models import biggan as biggan_net  # noqa: E402
-from mgr_jax.models import edm as edm_net  # noqa: E402
-from mgr_jax.models import fastgan as fastgan_net  # noqa: E402
+from mgr_jax.models import (  # noqa: E402
+    biggan as biggan_net,
+    edm as edm_net,
+    fastgan as fastgan_net,
+)
 
 KINDS = ("stylegan2_ada", "biggan", "fastgan", "edm")
 BIGGAN_FIXTURE = dict(resolution=32, n_classes=10, G_ch=16, dim_z=32, shared_dim=16, hier=True,

@@ -76,10 +76,12 @@ def model_demand(batch_size, steps):
     import jax.numpy as jnp  # noqa: PLC0415
 
     from mgr_jax import classifier  # noqa: PLC0415
+    from mgr_jax.run import build  # noqa: PLC0415
+
     config = imagefolder.get_config()
-    model = classifier.create_model(config, num_classes=100)
-    lr_fn = classifier.create_learning_rate_fn(config, 100)
-    tx = classifier.create_optimizer(config, lr_fn)
+    model = build.create_model(config, num_classes=100)
+    lr_fn = build.create_learning_rate_fn(config, 100)
+    tx = build.create_optimizer(config, lr_fn)
     state = classifier.create_train_state(jax.random.key(0), model, tx, 224)
     step = jax.jit(functools.partial(classifier.train_step, model=model, tx=tx,
                                      learning_rate_fn=lr_fn), donate_argnums=(0,))

@@ -10,7 +10,7 @@ On a 2-core CPU the paper shape at batch 64 takes far too long; there use e.g.
     python benchmarks/step_time.py --shapes paper --paper-batch 8 --iters 2 --torch
 (about 10 minutes: compiles of 10-70 s per method, an MGR step of about 18 s).
 
-Each method's `train_step` (mgr_jax.methods.build, as training uses it) is jitted with the
+Each method's `train_step` (mgr_jax.run.build.build, as training uses it) is jitted with the
 state donated, compiled once, then run `--warmup` times untimed and `--iters` times timed;
 every step waits for its outputs (block_until_ready) and the table reports the median.
 Each ratio is the ratio of the medians; next to it, the range of the per-round ratios shows
@@ -34,7 +34,7 @@ Generator (`--generator`):
          `--paper-gen-channels`), its output resized (bilinear) to 224.
   random the tiny conditional generator of `generator.kind=random` (mgr_jax/generators/tiny.py).
   shipped (small shape only) the trained digits generator the default config uses
-         (assets/digits_stylegan2: 64/32/16 channels at 4/8/16).
+         (mgr_jax/assets/digits_stylegan2: 64/32/16 channels at 4/8/16).
 
 FLOPs come from XLA (`jit(...).lower(...).compile().cost_analysis()`); the table also gives
 each step's FLOPs in "units" of one classifier forward on the real batch (SPEC: base 3,
@@ -64,13 +64,14 @@ import numpy as np  # noqa: E402
 
 from benchmarks.shapes import SHAPES  # noqa: E402
 from configs import default as default_config  # noqa: E402
-from mgr_jax import classifier, methods, synthetic, synthetic_augment  # noqa: E402
+from mgr_jax import classifier, synthetic, synthetic_augment  # noqa: E402
 from mgr_jax.generators import (
     load_generator,  # noqa: E402
     tiny,  # noqa: E402
 )
 from mgr_jax.generators import stylegan2_ada as sg_generator  # noqa: E402
 from mgr_jax.models import stylegan2  # noqa: E402
+from mgr_jax.run import build  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -189,12 +190,12 @@ def generator_description(shape, args):
 
 def build_method(config, generator, num_classes):
     """(model, method, state) as train.setup builds them, with our generator and no dataset."""
-    model = classifier.create_model(config, num_classes)
-    lr_fn = classifier.create_learning_rate_fn(config, steps_per_epoch=100)
-    tx = classifier.create_optimizer(config, lr_fn)
-    method = methods.build(config, model=model, tx=tx, learning_rate_fn=lr_fn,
-                           num_classes=num_classes, image_size=config.data.image_size,
-                           generator=generator)
+    model = build.create_model(config, num_classes)
+    lr_fn = build.create_learning_rate_fn(config, steps_per_epoch=100)
+    tx = build.create_optimizer(config, lr_fn)
+    method = build.build(config, model=model, tx=tx, learning_rate_fn=lr_fn,
+                         num_classes=num_classes, image_size=config.data.image_size,
+                         generator=generator)
     init_rng, meta_rng = jax.random.split(jax.random.key(config.seed))
     state = classifier.create_train_state(init_rng, model, tx, config.data.image_size,
                                      meta=method.init_meta(meta_rng))
@@ -297,7 +298,7 @@ def piece_costs(shape, generator, args):
     """FLOPs and seconds of the pieces: classifier fwd / fwd+bwd, generator, T, T fwd+bwd."""
     config = make_config(shape, "pcr", args)
     num_classes = SHAPES[shape]["num_classes"]
-    model = classifier.create_model(config, num_classes)
+    model = build.create_model(config, num_classes)
     s = config.data.image_size
     variables = model.init(jax.random.key(0), jnp.zeros((1, s, s, 3)), train=False)
     b, sb = config.batch_size, config.synthetic_batch_size

@@ -1,0 +1,1 @@
+"""Forwards to mgr_jax/configs/, the files installed with the package."""

@@ -1,21 +1,2 @@
-"""FGVC-Aircraft (100 variants; trainval / test):
-the paper's protocol (section 4.1), ResNet-18 from ImageNet weights.
-
-Official file in data.manual_dir: fgvc-aircraft-2013b.tar.gz (docs/datasets.md).
-
-    python -m converters.torchvision_resnet resnet18-f37072fd.pth weights/resnet18_imagenet
-    python -m mgr_jax.main --config=configs/aircraft.py --workdir=runs/aircraft \
-        --config.data.manual_dir=data/aircraft \
-        --config.model.init_checkpoint=weights/resnet18_imagenet
-
-The first run prepares the archives once into data.prepared_dir (default
-data/aircraft/prepared), then reads them with grain.
-Subsets: --config.data.subset_fraction=0.1; real-data augmentation:
---config.data.augment=trivialaugment (randaugment, augmix).
-"""
-
-from configs import paper
-
-
-def get_config():
-    return paper.get_config("aircraft")
+"""Forwards to mgr_jax/configs/aircraft.py, the file installed with the package."""
+from mgr_jax.configs.aircraft import *  # noqa: F401,F403

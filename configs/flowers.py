@@ -1,22 +1,2 @@
-"""Oxford Flowers-102 (trnid + valid / tstid):
-the paper's protocol (section 4.1), ResNet-18 from ImageNet weights.
-
-Official files in data.manual_dir: 102flowers.tgz, imagelabels.mat, setid.mat
-(docs/datasets.md).
-
-    python -m converters.torchvision_resnet resnet18-f37072fd.pth weights/resnet18_imagenet
-    python -m mgr_jax.main --config=configs/flowers.py --workdir=runs/flowers \
-        --config.data.manual_dir=data/flowers \
-        --config.model.init_checkpoint=weights/resnet18_imagenet
-
-The first run prepares the archives once into data.prepared_dir (default
-data/flowers/prepared), then reads them with grain.
-Subsets: --config.data.subset_fraction=0.1; real-data augmentation:
---config.data.augment=trivialaugment (randaugment, augmix).
-"""
-
-from configs import paper
-
-
-def get_config():
-    return paper.get_config("flowers")
+"""Forwards to mgr_jax/configs/flowers.py, the file installed with the package."""
+from mgr_jax.configs.flowers import *  # noqa: F401,F403

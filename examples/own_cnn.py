@@ -10,7 +10,6 @@ contract in `mgr_jax/contract.py`: `apply(variables, images)` returns (logits, f
 features being the pooled vector PCR compares. Nothing here reads a config file.
 """
 import argparse
-import os
 import time
 
 import flax.linen as nn
@@ -21,10 +20,9 @@ from sklearn.datasets import load_digits
 
 from mgr_jax import classifier, contract, methods
 from mgr_jax.data import protocol
+from mgr_jax.configs.default import SHIPPED_GENERATOR  # package data: mgr_jax/assets/
 from mgr_jax.generators import stylegan2_ada, tiny
 
-SHIPPED_GENERATOR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                 "assets", "digits_stylegan2")
 NUM_CLASSES = 10
 
 

@@ -1,5 +1,6 @@
-"""The classifier: its TrainState, model, optimiser and schedule, forward pass, update, the base
-train step and the eval step. Pure functions of (state, batch, ...); the loop is `train.py`.
+"""The classifier: its TrainState, forward pass, update, the base train step and the eval step.
+Pure functions of (state, batch, ...); a config's model, optimiser and schedule are made in
+`run/build.py`, the loop is `run/train.py`.
 """
 from typing import Any
 
@@ -9,8 +10,6 @@ import jax.numpy as jnp
 import optax
 
 from mgr_jax import contract, losses
-from mgr_jax.errors import UserError
-from mgr_jax.models import resnet
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -24,34 +23,6 @@ class TrainState(flax.struct.PyTreeNode):
     batch_stats: Any
     opt_state: Any
     meta: Any
-
-
-def create_learning_rate_fn(config, steps_per_epoch):
-    """Step-wise lr: optimizer.lr, times lr_decay at each epoch in optimizer.lr_milestones."""
-    opt = config.optimizer
-    boundaries = {int(m) * steps_per_epoch: opt.lr_decay for m in opt.lr_milestones}
-    last = max([config.num_epochs * steps_per_epoch, *boundaries])
-    if last >= 2 ** 31:  # the step counter is int32
-        raise UserError(f"num_epochs={config.num_epochs} or optimizer.lr_milestones="
-                        f"{tuple(opt.lr_milestones)} at {steps_per_epoch} steps per epoch "
-                        f"make step {last:,}, past the int32 step counter; use fewer epochs")
-    return optax.piecewise_constant_schedule(opt.lr, boundaries)
-
-
-def create_optimizer(config, learning_rate_fn):
-    """Nesterov SGD as torch.optim.SGD (dampening 0), weight decay added to the gradient."""
-    opt = config.optimizer
-    sgd = optax.sgd(learning_rate_fn, momentum=opt.momentum, nesterov=opt.nesterov)
-    if opt.weight_decay:
-        return optax.chain(optax.add_decayed_weights(opt.weight_decay), sgd)
-    return sgd
-
-
-def create_model(config, num_classes):
-    return resnet.create_model(config.model.arch, num_classes=num_classes,
-                               width=config.model.width, cifar_stem=config.model.cifar_stem,
-                               dtype=jnp.dtype(config.model.dtype),
-                               remat=config.model.get("remat", False))
 
 
 def create_train_state(rng, model, tx, image_size=None, init_variables=None, meta=None):

@@ -23,6 +23,11 @@ mapped to C, see `synthetic.match_channels`), the one input normalisation applie
 and synthetic images alike, and how to read (logits, features) from the module's output when
 it is not that tuple. A bare module passed where a `Classifier` is expected is wrapped with
 the defaults below (the contract of `converters.torchvision_resnet` and `models.resnet`).
+
+A Flax NNX module (flax.nnx.Module) follows the same contract through `nnx_classifier`: its
+`from_nnx(module or rngs -> module, input_shape)` gives a Classifier whose module offers the
+init/apply above over nnx.split/merge (nnx.Param as "params", nnx.BatchStat as "batch_stats"),
+and importing it lets `as_classifier` take an nnx.Module as it is (`register_wrapper`).
 """
 import dataclasses
 import operator
@@ -113,7 +118,9 @@ class Classifier:
         if not (callable(getattr(self.module, "init", None))
                 and callable(getattr(self.module, "apply", None))):
             raise ContractError(f"Classifier(module={type(self.module).__name__}): the module "
-                                "needs Flax's init and apply (a flax.linen.Module)")
+                                "needs Flax's init and apply (a flax.linen.Module); a "
+                                "flax.nnx.Module goes through mgr_jax.nnx_classifier (from_nnx, "
+                                "or import it before passing the module)")
         if self.input_shape is not None:
             object.__setattr__(self, "input_shape", input_shape_of(self.input_shape))
             if self.normalize is imagenet_normalize and self.input_shape[-1] != 3:
@@ -222,6 +229,17 @@ def check_outputs(logits, features, batch):
                    "before returning them"))
 
 
+# Model kinds without Linen's init/apply, wrapped by the module that knows them (it imports
+# this one and registers itself: `nnx_classifier` for flax.nnx). name -> (accepts, wrap).
+_WRAPPERS = {}
+
+
+def register_wrapper(name, accepts, wrap):
+    """Let `as_classifier` take models of another kind: for a model with accepts(model),
+    wrap(model, input_shape or None) -> Classifier."""
+    _WRAPPERS[name] = (accepts, wrap)
+
+
 def as_classifier(model, image_size=None):
     """A `Classifier` for `model`: itself if it is one, else the module with the defaults
     (train=..., (logits, features), ImageNet normalisation). image_size: int, (H, W) or
@@ -236,7 +254,11 @@ def as_classifier(model, image_size=None):
             raise ContractError(f"image_size {image_size!r} does not match the classifier's "
                                 f"input_shape {model.input_shape}")
         return model
-    return Classifier(model, None if image_size is None else input_shape_of(image_size))
+    shape = None if image_size is None else input_shape_of(image_size)
+    for accepts, wrap in _WRAPPERS.values():
+        if accepts(model):
+            return wrap(model, shape)
+    return Classifier(model, shape)
 
 
 def check_batch(batch, classifier, with_val):

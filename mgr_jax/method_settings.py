@@ -1,9 +1,8 @@
 """The settings of the synthetic loss and of MPS, checked when made (SettingError), and what
 they decide: the finder's optimiser, the classifier the finite-difference hypergradient runs.
 
-`SyntheticSettings` and `MPSSettings` are what `methods.build_method` takes;
-`settings_from_config` reads them from a configs/default.py config. Both are re-exported by
-`mgr_jax.methods`, where users find them.
+`SyntheticSettings` and `MPSSettings` are what `methods.build_method` takes (exported by
+`mgr_jax`); `mgr_jax.run.build.settings_from_config` reads them from a config.
 """
 import dataclasses
 import numbers
@@ -19,39 +18,36 @@ from mgr_jax.finder import ARCHS as FINDER_ARCHS
 META_TARGETS = ("finder", "generator")
 FINDER_UPDATES = ("meta", "max_ce", "max_pcr")
 FINDER_OPTIMIZERS = ("adam", "sgd")
-# MPSSettings fields read from config.mps (the finder's arch and hidden_dim: config.finder).
-MPS_CONFIG_FIELDS = ("hypergradient", "fd_eps", "finder_lr", "finder_optimizer", "finder_b1",
-                     "finder_b2", "normalize_hypergrad", "finder_warmup_steps", "update_every",
-                     "kl_weight", "meta_target", "finder_update", "log_hypergrad_cosine",
-                     "log_meta_descent")
+# The widest finder a run may ask for: a typo cannot ask for terabytes after the start.
+MAX_HIDDEN_DIM = 65_536
 
 
 class SettingError(UserError, ValueError):
     """A method name or setting that `build_method` / `build` cannot run."""
 
 
-def _require(ok, message):
+def require(ok, message):
     if not ok:
         raise SettingError(message)
 
 
-def _choice(name, value, choices):
-    _require(isinstance(value, str) and value in choices,
+def check_one_of(name, value, choices):
+    require(isinstance(value, str) and value in choices,
              f"{name}={value!r} is not valid; choose one of {list(choices)}")
 
 
-def _number(name, value, low, *, strict=False, integer=False, high=None, high_open=False):
+def check_number(name, value, low, *, strict=False, integer=False, high=None, high_open=False):
     kind = numbers.Integral if integer else numbers.Real
     ok = isinstance(value, kind) and not isinstance(value, bool) and (
         value > low if strict else value >= low) and (
         high is None or (value < high if high_open else value <= high))
     bound = f"{'>' if strict else '>='} {low}" + (
         "" if high is None else f" and {'<' if high_open else '<='} {high}")
-    _require(ok, f"{name}={value!r} must be {'an integer' if integer else 'a number'} {bound}")
+    require(ok, f"{name}={value!r} must be {'an integer' if integer else 'a number'} {bound}")
 
 
-def _flag(name, value):
-    _require(isinstance(value, bool), f"{name}={value!r} must be True or False")
+def check_flag(name, value):
+    require(isinstance(value, bool), f"{name}={value!r} must be True or False")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,14 +65,14 @@ class SyntheticSettings:
     augment_ops: tuple = synthetic_augment.OPS
 
     def __post_init__(self):
-        _number("lambda_", self.lambda_, 0)
-        _number("synthetic batch_size", self.batch_size, 1, integer=True)
-        _number("augment_num_ops", self.augment_num_ops, 0, integer=True)
-        _number("augment_max_magnitude", self.augment_max_magnitude, 0, high=1)
-        _number("uda_temperature", self.uda_temperature, 0, strict=True)
-        _number("uda_threshold", self.uda_threshold, 0, high=1)
+        check_number("lambda_", self.lambda_, 0)
+        check_number("synthetic batch_size", self.batch_size, 1, integer=True)
+        check_number("augment_num_ops", self.augment_num_ops, 0, integer=True, high=16)
+        check_number("augment_max_magnitude", self.augment_max_magnitude, 0, high=1)
+        check_number("uda_temperature", self.uda_temperature, 0, strict=True)
+        check_number("uda_threshold", self.uda_threshold, 0, high=1)
         ops = self.augment_ops
-        _require(isinstance(ops, (tuple, list)) and len(ops) > 0
+        require(isinstance(ops, (tuple, list)) and len(ops) > 0
                  and all(isinstance(o, str) and o in synthetic_augment.OPS for o in ops),
                  f"augment_ops={ops!r} must be a non-empty tuple of names from "
                  f"{list(synthetic_augment.OPS)}")
@@ -105,22 +101,23 @@ class MPSSettings:
     log_meta_descent: bool = False  # re-evaluate the meta-objective after the update, log it
 
     def __post_init__(self):
-        _choice("mps.hypergradient", self.hypergradient, hypergrad.HYPERGRADIENTS)
-        _number("mps.fd_eps", self.fd_eps, 0, strict=True)
-        _number("mps.finder_lr", self.finder_lr, 0, strict=True)
-        _choice("mps.finder_optimizer", self.finder_optimizer, FINDER_OPTIMIZERS)
-        _number("mps.finder_b1", self.finder_b1, 0, high=1, high_open=True)
-        _number("mps.finder_b2", self.finder_b2, 0, high=1, high_open=True)
-        _flag("mps.normalize_hypergrad", self.normalize_hypergrad)
-        _number("mps.finder_warmup_steps", self.finder_warmup_steps, 0, integer=True)
-        _number("mps.update_every", self.update_every, 1, integer=True)
-        _flag("mps.log_meta_descent", self.log_meta_descent)
-        _number("mps.kl_weight", self.kl_weight, 0)
-        _choice("mps.meta_target", self.meta_target, META_TARGETS)
-        _choice("mps.finder_update", self.finder_update, FINDER_UPDATES)
-        _flag("mps.log_hypergrad_cosine", self.log_hypergrad_cosine)
-        _choice("finder.arch", self.finder_arch, FINDER_ARCHS)
-        _number("finder.hidden_dim", self.finder_hidden_dim, 0, integer=True)
+        check_one_of("mps.hypergradient", self.hypergradient, hypergrad.HYPERGRADIENTS)
+        check_number("mps.fd_eps", self.fd_eps, 0, strict=True)
+        check_number("mps.finder_lr", self.finder_lr, 0, strict=True)
+        check_one_of("mps.finder_optimizer", self.finder_optimizer, FINDER_OPTIMIZERS)
+        check_number("mps.finder_b1", self.finder_b1, 0, high=1, high_open=True)
+        check_number("mps.finder_b2", self.finder_b2, 0, high=1, high_open=True)
+        check_flag("mps.normalize_hypergrad", self.normalize_hypergrad)
+        check_number("mps.finder_warmup_steps", self.finder_warmup_steps, 0, integer=True)
+        check_number("mps.update_every", self.update_every, 1, integer=True)
+        check_flag("mps.log_meta_descent", self.log_meta_descent)
+        check_number("mps.kl_weight", self.kl_weight, 0)
+        check_one_of("mps.meta_target", self.meta_target, META_TARGETS)
+        check_one_of("mps.finder_update", self.finder_update, FINDER_UPDATES)
+        check_flag("mps.log_hypergrad_cosine", self.log_hypergrad_cosine)
+        check_one_of("finder.arch", self.finder_arch, FINDER_ARCHS)
+        check_number("finder.hidden_dim", self.finder_hidden_dim, 0, integer=True,
+                     high=MAX_HIDDEN_DIM)
 
     @property
     def uses_finite_difference(self):
@@ -141,36 +138,14 @@ def finder_optimizer(mps):
     return optax.adam(lr, b1=mps.finder_b1, b2=mps.finder_b2)
 
 
-def settings_from_config(config):
-    """(SyntheticSettings, MPSSettings) of a configs/default.py config; SettingError for a bad
-    value. A section the config lacks takes the settings' defaults."""
-    syn, mps = SyntheticSettings(), MPSSettings()
-    aug, uda = config.get("augment"), config.get("uda")
-    syn = SyntheticSettings(
-        lambda_=config.get("lambda_", syn.lambda_),
-        batch_size=config.get("synthetic_batch_size", syn.batch_size),
-        augment_num_ops=aug.num_ops if aug is not None else syn.augment_num_ops,
-        augment_max_magnitude=aug.max_magnitude if aug is not None else syn.augment_max_magnitude,
-        uda_temperature=uda.temperature if uda is not None else syn.uda_temperature,
-        uda_threshold=uda.threshold if uda is not None else syn.uda_threshold)
-    fields = {f.name: getattr(mps, f.name) for f in dataclasses.fields(MPSSettings)}
-    for name in MPS_CONFIG_FIELDS:
-        if config.get("mps") is not None and name in config.mps:
-            fields[name] = config.mps[name]
-    if config.get("finder") is not None:
-        fields["finder_arch"] = config.finder.get("arch", mps.finder_arch)
-        fields["finder_hidden_dim"] = config.finder.get("hidden_dim", mps.finder_hidden_dim)
-    return syn, MPSSettings(**fields)
-
-
 def check_generator(generator, num_classes):
     """SettingError unless `generator` is a Generator of this many classes (or none)."""
-    _require(generator is not None, "every method but base needs a generator: pass "
+    require(generator is not None, "every method but base needs a generator: pass "
              "generator=... (mgr_jax.generators, e.g. stylegan2_ada.load(path))")
     for name in ("sample", "params", "latent_shape", "num_classes"):
-        _require(hasattr(generator, name), f"generator={type(generator).__name__} is not a "
+        require(hasattr(generator, name), f"generator={type(generator).__name__} is not a "
                  "mgr_jax.generators.Generator (sample, params, latent_shape, num_classes)")
-    _require(not generator.num_classes or generator.num_classes == num_classes,
+    require(not generator.num_classes or generator.num_classes == num_classes,
              f"the generator has {generator.num_classes} classes and num_classes={num_classes}"
              "; use a generator trained on this dataset's classes (or an unconditional one)")
 

@@ -25,36 +25,39 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from mgr_jax import classifier, config_lib, contract, hypergrad, losses
-from mgr_jax import synthetic as synthetic_lib
+from mgr_jax import (
+    classifier,
+    contract,
+    hypergrad,
+    losses,
+    regularisers,
+    synthetic as synthetic_lib,
+)
 from mgr_jax.finder import Finder
-from mgr_jax.generators import load_generator
-from mgr_jax.method_settings import (  # noqa: F401  (re-exported: the library's names)
-    FINDER_OPTIMIZERS,
-    FINDER_UPDATES,
-    META_TARGETS,
+from mgr_jax.method_settings import (  # noqa: F401 (SettingError: what build_method raises)
     MPSSettings,
     SettingError,
     SyntheticSettings,
-    _choice,
-    _number,
-    _require,
     check_generator,
+    check_number,
+    check_one_of,
     finder_optimizer,
     finite_difference_classifier,
-    settings_from_config,
+    require,
 )
 
-# method -> (synthetic loss, latent choice)
-SYNTHETIC = {"gda": ("gda", "uniform"), "gda_mh": ("gda_mh", "uniform"),
-             "gda_ssl": ("gda_ssl", "uniform"), "pcr": ("pcr", "uniform"),
-             "gda_mps": ("gda", "mps"), "mgr": ("pcr", "mps")}
-METHODS = ("base", "gda", "gda_mh", "gda_ssl", "gda_mps", "pcr", "mgr")
+
+def method_names():
+    """base and every registered regulariser's methods (`mgr_jax.regularisers`)."""
+    return ("base",) + tuple(regularisers.method_table())
+
+
+# The paper's seven (SPEC "Methods"); `method_names()` adds any registered from outside.
+METHODS = method_names()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,43 +89,101 @@ class Method:
                                    between_step=between)
 
 
+@dataclasses.dataclass(frozen=True)
+class UniformContext:
+    """What a step with a synthetic loss needs (every method but base): the classifier and
+    its optimiser, the generator, the regulariser with its settings, the device layout."""
+    model: Any  # the contract.Classifier
+    tx: Any
+    learning_rate_fn: Callable
+    generator: Any
+    regulariser: regularisers.Regulariser
+    synthetic: SyntheticSettings
+    num_classes: int
+    settings: Any = None  # the regulariser's own settings
+    head: Any = None  # the regulariser's extra head (a Flax module), if it has one
+    data_sharding: Any = None
+
+    @property
+    def lam(self):
+        return float(self.synthetic.lambda_)
+
+    def syn_loss(self, params, batch_stats, x01, y, key, head=None, model=None):
+        """L_syn (unweighted) of the images x01 at `params`; model: another classifier to
+        evaluate it with (the finite-difference twin), default the context's."""
+        net = self.model if model is None else model
+        inputs = regularisers.LossInputs(
+            forward=lambda images: synthetic_lib.train_mode_outputs(net, params, batch_stats,
+                                                                   images),
+            images=x01, labels=y, key=key, strong=regularisers.strong_augment(self.synthetic),
+            head=head, settings=self.settings, synthetic=self.synthetic)
+        return self.regulariser.loss(inputs)
+
+    def draw(self, rng):
+        """(z, y_p, augmentation key) of a step's key; z and y_p split over the devices like
+        the real batch (no-op on one device)."""
+        k_lat, k_aug = jax.random.split(rng)
+        z, y = synthetic_lib.draw_latents(k_lat, self.generator, self.synthetic.batch_size,
+                                          self.num_classes)
+        if self.data_sharding is not None:
+            z, y = jax.lax.with_sharding_constraint((z, y), self.data_sharding)
+        return z, y, k_aug
+
+    def synthesize(self, gen_params, w, y):
+        """x_p in [0, 1] at the classifier's (H, W) and channel count."""
+        shape = self.model.input_shape
+        return synthetic_lib.synthesize(self.generator, gen_params, w, y, shape[:2],
+                                        channels=shape[2])
+
+
+@dataclasses.dataclass(frozen=True)
+class MPSContext:
+    """What Algorithm 1 adds: the MPS settings, the finder and its optimiser, the classifier
+    the finite-difference hypergradient evaluates L_syn with, the Table 7 ablation's loss."""
+    uniform: UniformContext
+    mps: MPSSettings
+    finder: Finder
+    meta_tx: Any
+    fd_model: Any  # the float32 twin of a narrower classifier, else the classifier
+    finder_loss: Callable = None  # (params, batch_stats, x01, y, key) -> what F maximises
+
+
 def _real_ce(model, state, batch):
     """CE on the real batch as a function of params -> (loss, (logits, new batch stats))."""
     def fn(params):
         logits, _, stats = classifier.classifier_forward(model, params, state.batch_stats,
-                                                    batch["image"], True)
+                                                         batch["image"], True)
         return losses.cross_entropy(logits, batch["label"]), (logits, stats)
     return fn
 
 
-def _synthesize(ctx, gen_params, w, y):
-    """x_p in [0, 1] at the classifier's (H, W) and channel count."""
-    return synthetic_lib.synthesize(ctx.generator, gen_params, w, y, ctx.input_shape[:2],
-                                    channels=ctx.input_shape[2])
+def _val_ce(model, state, batch):
+    """CE on the D_val batch at theta' (train-mode BN on that batch; its stats are dropped)."""
+    def fn(params):
+        logits, _, _ = classifier.classifier_forward(model, params, state.batch_stats,
+                                                     batch["val_image"], True)
+        return losses.cross_entropy(logits, batch["val_label"])
+    return fn
 
 
 def _accuracy(logits, labels):
     return 100.0 * jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
+# ------------------------------------------------------------------ base and uniform
+
+
 def base_step(state, batch, rng, frozen, *, model, tx, learning_rate_fn):
     """CE on the real batch only."""
     del frozen
     return classifier.train_step(state, batch, rng, model=model, tx=tx,
-                            learning_rate_fn=learning_rate_fn)
-
-
-def _draw(ctx, rng):
-    """(z, y_p, augmentation key) of a step's key."""
-    k_lat, k_aug = jax.random.split(rng)
-    z, y = ctx.split_batch(synthetic_lib.draw_latents(k_lat, ctx.generator, ctx.syn_batch,
-                                                      ctx.num_classes))
-    return z, y, k_aug
+                                 learning_rate_fn=learning_rate_fn)
 
 
 def uniform_step(state, batch, rng, frozen, *, ctx):
-    """GDA, GDA multi-head, GDA+SSL, PCR: CE(real) + lambda * L_syn(x_p), z ~ N(0, I)."""
-    z, y, k_aug = _draw(ctx, rng)
+    """GDA, GDA multi-head, GDA+SSL, PCR (any registered regulariser):
+    CE(real) + lambda * L_syn(x_p), z ~ N(0, I)."""
+    z, y, k_aug = ctx.draw(rng)
     return _uniform_update(state, batch, ctx, frozen["generator"], z, y, k_aug)
 
 
@@ -130,49 +191,88 @@ def between_step(state, batch, rng, frozen, *, ctx):
     """A step between two meta-updates (mps.update_every > 1): the uniform step of the
     method's synthetic loss (PCR for mgr, GDA for gda_mps) on x_p = G(F_phi(z)) with the
     current phi, held fixed; the meta state (phi and its optimiser) is left as it is."""
-    z, y, k_aug = _draw(ctx, rng)
+    z, y, k_aug = ctx.uniform.draw(rng)
     phi, gen_params = _meta_params(state, frozen, ctx.mps)
     if ctx.mps.meta_target == "finder":
         w = ctx.finder.apply(phi, z)
     else:
         w, gen_params = z, phi
-    state, metrics = _uniform_update(state, batch, ctx, gen_params, w, y, k_aug)
+    state, metrics = _uniform_update(state, batch, ctx.uniform, gen_params, w, y, k_aug)
     metrics.update(_latent_metrics(ctx.mps, z, w))
     return state, metrics
 
 
 def _uniform_update(state, batch, ctx, gen_params, w, y, k_aug):
     """The classifier's step on CE(real) + lambda * L_syn(x_p), x_p = G(w, y) held fixed."""
-    x01 = jax.lax.stop_gradient(_synthesize(ctx, gen_params, w, y))
-    aux = state.meta.get("aux_head")
+    x01 = jax.lax.stop_gradient(ctx.synthesize(gen_params, w, y))
+    head_params = state.meta.get("aux_head")
 
-    def loss_fn(params, aux_params):
+    def loss_fn(params, head_params):
         ce, (logits, stats) = _real_ce(ctx.model, state, batch)(params)
-        head = (lambda f: ctx.aux_module.apply(aux_params, f)) if aux is not None else None
-        syn = ctx.syn_loss(params, state.batch_stats, x01, y, k_aug, aux_head=head)
+        head = None
+        if head_params is not None:
+            head = lambda f: ctx.head.apply(head_params, f)  # noqa: E731
+        syn = ctx.syn_loss(params, state.batch_stats, x01, y, k_aug, head=head)
         return ce + ctx.lam * syn, (ce, syn, logits, stats)
 
-    (loss, (ce, syn, logits, stats)), (grads, aux_grads) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(state.params, aux)
+    (loss, (ce, syn, logits, stats)), (grads, head_grads) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(state.params, head_params)
     meta = state.meta
-    if aux is not None:  # the second head learns with the classifier's optimiser.
-        upd, aux_opt = ctx.tx.update(aux_grads, meta["aux_opt"], aux)
-        meta = {"aux_head": optax.apply_updates(aux, upd), "aux_opt": aux_opt}
+    if head_params is not None:  # the extra head learns with the classifier's optimiser.
+        upd, head_opt = ctx.tx.update(head_grads, meta["aux_opt"], head_params)
+        meta = {"aux_head": optax.apply_updates(head_params, upd), "aux_opt": head_opt}
     metrics = {"loss": loss, "ce": ce, "syn": syn, "accuracy": _accuracy(logits, batch["label"]),
                "lr": ctx.learning_rate_fn(state.step)}
     return classifier.apply_classifier_update(state, ctx.tx, grads, stats, meta), metrics
+
+
+# ------------------------------------------------------------------ MPS (Algorithm 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _MetaStep:
+    """One MPS step's fixed inputs and the maps of phi it differentiates."""
+    ctx: MPSContext
+    state: Any
+    batch: Any
+    z: Any
+    y: Any
+    key: Any  # the augmentation's
+    eta: Any  # the scheduled learning rate: the virtual step's
+    gen_params: Any  # None when G itself is meta-optimised
+
+    def latents(self, phi):
+        return self.ctx.finder.apply(phi, self.z) if self.ctx.mps.meta_target == "finder" \
+            else self.z
+
+    def images(self, phi):
+        g = phi if self.ctx.mps.meta_target == "generator" else self.gen_params
+        return self.ctx.uniform.synthesize(g, self.latents(phi), self.y)
+
+    def l_syn(self, params, x01):
+        """lambda * L_syn at theta = params on the images x01."""
+        u = self.ctx.uniform
+        return u.lam * u.syn_loss(params, self.state.batch_stats, x01, self.y, self.key)
+
+    def l_syn_fd(self, params, x01):
+        """The same, for the finite-difference hypergradient (float32 twin if any)."""
+        u = self.ctx.uniform
+        return u.lam * u.syn_loss(params, self.state.batch_stats, x01, self.y, self.key,
+                                  model=self.ctx.fd_model)
 
 
 def mps_step(state, batch, rng, frozen, *, ctx):
     """Algorithm 1: virtual SGD step, finder (or generator) update on D_val, real step.
 
     1. theta' = theta - eta * grad[CE(real) + lambda L_syn(theta, phi)] (plain SGD, current lr;
-       BN statistics and optimiser state untouched).
-    2. phi <- Adam(grad_phi [CE_val(theta') + kl_weight * KL(F(z))]), the hypergradient exact
-       or finite-difference (`mps.hypergradient`; evaluated in float32 for a classifier that
-       computes in bfloat16, see `finite_difference_classifier`); the optimiser is
-       `finder_optimizer(mps)`, fed the hypergradient / its norm with `normalize_hypergrad`.
-    3. theta takes its real step on the same real batch with x_p regenerated from the new phi.
+       BN statistics and optimiser state untouched): `meta_gradient`, which returns the
+       hypergradient d CE_val(theta') / d phi, exact or finite-difference
+       (`mps.hypergradient`; evaluated in float32 for a classifier that computes in bfloat16,
+       see `finite_difference_classifier`).
+    2. phi <- Adam(hypergradient + kl_weight * grad KL(F(z))): `update_finder`; the optimiser
+       is `finder_optimizer(mps)`, fed the sum / its norm with `normalize_hypergrad`.
+    3. theta takes its real step on the same real batch with x_p regenerated from the new phi:
+       `real_step`.
     `log_meta_descent` re-evaluates M = CE_val(theta') at the new phi (same batches, z, T):
     metrics meta_loss_after, meta_descent = M(new) - M(old), meta_descended (1.0 if lower).
     CE(real) and its gradient at theta are computed once and reused by steps 1 and 3. phi acts
@@ -181,81 +281,91 @@ def mps_step(state, batch, rng, frozen, *, ctx):
     pass through G maps that hypergradient to phi (exact by the chain rule; tested equal to
     `hypergrad.meta_gradient` on the whole objective).
     """
-    cfg = ctx.mps
-    z, y, k_aug = _draw(ctx, rng)
-    eta = ctx.learning_rate_fn(state.step)
-    phi, gen_params = _meta_params(state, frozen, cfg)
+    z, y, k_aug = ctx.uniform.draw(rng)
+    phi, gen_params = _meta_params(state, frozen, ctx.mps)
+    step = _MetaStep(ctx, state, batch, z, y, k_aug, ctx.uniform.learning_rate_fn(state.step),
+                     gen_params)
+    real = jax.value_and_grad(_real_ce(ctx.uniform.model, state, batch), has_aux=True)
+    (ce, (logits, stats)), g_ce = real(state.params)
+    hyper, metrics = meta_gradient(step, phi, g_ce)
+    phi, meta_opt, finder_metrics = update_finder(step, phi, hyper, state.meta["opt"])
+    metrics.update(finder_metrics)
+    return real_step(step, phi, meta_opt, ce, logits, stats, g_ce, metrics)
 
-    def latents(p):
-        return ctx.finder.apply(p, z) if cfg.meta_target == "finder" else z
 
-    def images(p):
-        g = p if cfg.meta_target == "generator" else gen_params
-        return _synthesize(ctx, g, latents(p), y)
+def meta_gradient(step, phi, g_ce):
+    """Step 1: (d M / d phi, metrics), M = CE_val(theta') with theta' the virtual SGD step;
+    with a Table 7 ablation (`finder_update` max_ce / max_pcr) the gradient of -lambda times
+    the finder's own loss instead. metrics: meta_loss, and with `log_hypergrad_cosine` the
+    cosine and norm ratio of the exact and finite-difference hypergradients on phi."""
+    ctx, state, cfg = step.ctx, step.state, step.ctx.mps
+    x01, pullback = jax.vjp(step.images, phi)
+    if cfg.finder_update != "meta":  # ablation: F maximises CE or PCR on x_p, no meta-learning.
+        g_x = jax.grad(ctx.finder_loss, argnums=2)(state.params, state.batch_stats, x01, step.y,
+                                                   step.key)
+        return pullback(-ctx.uniform.lam * g_x)[0], {}
+    if cfg.hypergradient == "exact" or cfg.log_hypergrad_cosine:
+        g_syn, exact = hypergrad.inner_gradient_and_mixed(step.l_syn, state.params, x01,
+                                                          step.eta)
+    else:
+        g_syn = jax.grad(step.l_syn)(state.params, x01)
+    val_ce = _val_ce(ctx.uniform.model, state, step.batch)
+    val_loss, v = jax.value_and_grad(val_ce)(_virtual(state.params, g_ce, g_syn, step.eta))
 
-    def l_syn(params, x01):
-        return ctx.lam * ctx.syn_loss(params, state.batch_stats, x01, y, k_aug)
+    def in_image_space(kind):  # d M / d x_p
+        if kind == "exact":
+            return exact(v)
+        return hypergrad.finite_difference_hypergradient(step.l_syn_fd, state.params, x01, v,
+                                                         step.eta, cfg.fd_eps)
+    hyper = pullback(in_image_space(cfg.hypergradient))[0]
+    metrics = {"meta_loss": val_loss}
+    if cfg.log_hypergrad_cosine:  # compared on phi, where the update happens
+        other = pullback(in_image_space("finite_difference" if cfg.hypergradient == "exact"
+                                        else "exact"))[0]
+        norm, other_norm = optax.tree_utils.tree_norm(hyper), optax.tree_utils.tree_norm(other)
+        metrics["hypergrad_cosine"] = optax.tree_utils.tree_vdot(hyper, other) / (
+            norm * other_norm + 1e-30)
+        metrics["hypergrad_norm_ratio"] = norm / (other_norm + 1e-30)
+    return hyper, metrics
 
-    def l_syn_fd(params, x01):  # the same loss, in float32 for a narrower-dtype classifier
-        return ctx.lam * ctx.syn_loss_fd(params, state.batch_stats, x01, y, k_aug)
 
-    (ce, (logits, stats)), g_ce = jax.value_and_grad(_real_ce(ctx.model, state, batch),
-                                                     has_aux=True)(state.params)
-    x01, pullback = jax.vjp(images, phi)
-    metrics = {}
-    if cfg.finder_update == "meta":
-        if cfg.hypergradient == "exact" or cfg.log_hypergrad_cosine:
-            g_syn, exact = hypergrad.inner_gradient_and_mixed(l_syn, state.params, x01, eta)
-        else:
-            g_syn = jax.grad(l_syn)(state.params, x01)
-        val_ce = _val_ce(ctx.model, state, batch)
-        val_loss, v = jax.value_and_grad(val_ce)(_virtual(state.params, g_ce, g_syn, eta))
-
-        def hypergradient(kind):  # image space: d(meta loss)/d x_p
-            if kind == "exact":
-                return exact(v)
-            return hypergrad.finite_difference_hypergradient(l_syn_fd, state.params, x01, v,
-                                                             eta, cfg.fd_eps)
-        hyper_x = hypergradient(cfg.hypergradient)
-        metrics["meta_loss"] = val_loss
-        if cfg.log_hypergrad_cosine:
-            other_x = hypergradient("finite_difference" if cfg.hypergradient == "exact"
-                                    else "exact")
-            # Compared on phi, where the update happens (one more pullback).
-            hyper, other = pullback(hyper_x)[0], pullback(other_x)[0]
-            metrics["hypergrad_cosine"] = optax.tree_utils.tree_vdot(hyper, other) / (
-                optax.tree_utils.tree_norm(hyper) * optax.tree_utils.tree_norm(other) + 1e-30)
-            metrics["hypergrad_norm_ratio"] = optax.tree_utils.tree_norm(hyper) / (
-                optax.tree_utils.tree_norm(other) + 1e-30)
-        else:
-            hyper = pullback(hyper_x)[0]
-    else:  # ablation (Table 7): the finder maximises CE or PCR on x_p, no meta-learning.
-        g_x = jax.grad(ctx.finder_loss, argnums=2)(state.params, state.batch_stats, x01, y,
-                                                   k_aug)
-        hyper = pullback(-ctx.lam * g_x)[0]
+def update_finder(step, phi, hyper, opt_state):
+    """Step 2: phi's optimiser step on hyper + kl_weight * grad KL(F_phi(z)) (finder target).
+    metrics: hypergrad_norm (of that sum, what the optimiser is fed), meta_grad_norm (the
+    first term alone), and with the KL term kl and kl_grad_norm (its weighted gradient's)."""
+    cfg = step.ctx.mps
+    metrics = {"meta_grad_norm": optax.tree_utils.tree_norm(hyper)}
     if cfg.meta_target == "finder" and cfg.kl_weight:
         kl, g_kl = jax.value_and_grad(lambda p: losses.kl_penalty(
-            latents(p).reshape(z.shape[0], -1)))(phi)
-        hyper = jax.tree.map(lambda a, b: a + cfg.kl_weight * b, hyper, g_kl)
-        metrics["kl"] = kl
+            step.latents(p).reshape(step.z.shape[0], -1)))(phi)
+        g_kl = jax.tree.map(lambda g: cfg.kl_weight * g, g_kl)
+        hyper = jax.tree.map(jnp.add, hyper, g_kl)
+        metrics.update(kl=kl, kl_grad_norm=optax.tree_utils.tree_norm(g_kl))
     metrics["hypergrad_norm"] = optax.tree_utils.tree_norm(hyper)
     if cfg.normalize_hypergrad:  # the optimiser sees the direction only
         hyper = jax.tree.map(lambda g: g / (metrics["hypergrad_norm"] + 1e-12), hyper)
-    upd, meta_opt = ctx.meta_tx.update(hyper, state.meta["opt"], phi)
-    phi = optax.apply_updates(phi, upd)
+    upd, opt_state = step.ctx.meta_tx.update(hyper, opt_state, phi)
+    return optax.apply_updates(phi, upd), opt_state, metrics
 
-    syn, g_syn_new = jax.value_and_grad(l_syn)(state.params, images(phi))
+
+def real_step(step, phi, meta_opt, ce, logits, stats, g_ce, metrics):
+    """Step 3: theta's step on CE(real) + lambda L_syn(x_p), x_p = G(F_phi(z)) at the new phi
+    (CE's value and gradient reused from step 1)."""
+    ctx, state, cfg = step.ctx, step.state, step.ctx.mps
+    syn, g_syn = jax.value_and_grad(step.l_syn)(state.params, step.images(phi))
     if cfg.log_meta_descent and cfg.finder_update == "meta":
         # M(phi_new) on the same real batch, z, y, T and D_val batch: one more D_val forward.
-        after = val_ce(_virtual(state.params, g_ce, g_syn_new, eta))
-        metrics.update(meta_loss_after=after, meta_descent=after - val_loss,
-                       meta_descended=(after < val_loss).astype(jnp.float32))
-    grads = jax.tree.map(jnp.add, g_ce, g_syn_new)
-    metrics.update(loss=ce + syn, ce=ce, syn=syn / jnp.maximum(ctx.lam, 1e-12),
-                   accuracy=_accuracy(logits, batch["label"]), lr=eta,
-                   **_latent_metrics(cfg, z, latents(phi)))
+        after = _val_ce(ctx.uniform.model, state, step.batch)(
+            _virtual(state.params, g_ce, g_syn, step.eta))
+        metrics.update(meta_loss_after=after, meta_descent=after - metrics["meta_loss"],
+                       meta_descended=(after < metrics["meta_loss"]).astype(jnp.float32))
+    grads = jax.tree.map(jnp.add, g_ce, g_syn)
+    lam = ctx.uniform.lam
+    metrics.update(loss=ce + syn, ce=ce, syn=syn / jnp.maximum(lam, 1e-12),
+                   accuracy=_accuracy(logits, step.batch["label"]), lr=step.eta,
+                   **_latent_metrics(cfg, step.z, step.latents(phi)))
     meta = {"params": phi, "opt": meta_opt}
-    return classifier.apply_classifier_update(state, ctx.tx, grads, stats, meta), metrics
+    return classifier.apply_classifier_update(state, ctx.uniform.tx, grads, stats, meta), metrics
 
 
 def _virtual(params, g_ce, g_syn, eta):
@@ -278,39 +388,7 @@ def _meta_params(state, frozen, cfg):
     return state.meta["params"], frozen["generator"]
 
 
-def _val_ce(model, state, batch):
-    """CE on the D_val batch at theta' (train-mode BN on that batch; its stats are dropped)."""
-    def fn(params):
-        logits, _, _ = classifier.classifier_forward(model, params, state.batch_stats,
-                                                batch["val_image"], True)
-        return losses.cross_entropy(logits, batch["val_label"])
-    return fn
-
-
-@dataclasses.dataclass(frozen=True)
-class _Context:
-    model: Any  # the contract.Classifier
-    tx: Any
-    learning_rate_fn: Callable
-    generator: Any
-    syn_loss: Callable
-    lam: float
-    syn_batch: int
-    num_classes: int
-    input_shape: Any  # (H, W, C) of the classifier
-    mps: Any = None
-    finder: Any = None
-    meta_tx: Any = None
-    aux_module: Any = None
-    finder_loss: Callable = None  # (params, batch_stats, x01, y, key) -> the loss F maximises
-    syn_loss_fd: Callable = None  # syn_loss for the finite-difference hypergradient (float32)
-    data_sharding: Any = None
-
-    def split_batch(self, arrays):
-        """Split synthetic draws over the devices like the real batch (no-op on one device)."""
-        if self.data_sharding is None:
-            return arrays
-        return jax.lax.with_sharding_constraint(arrays, self.data_sharding)
+# ------------------------------------------------------------------ building a Method
 
 
 def _with_step_key(step_fn, clf, needs_val):
@@ -322,99 +400,87 @@ def _with_step_key(step_fn, clf, needs_val):
     return wrapped
 
 
-def build(config, *, model, tx, learning_rate_fn, num_classes, image_size=None,
-          data_sharding=None, generator=None):
-    """The Method that `config.method` names, with its generator (loaded from
-    `config.generator` unless a `Generator` is given): `build_method` with the settings read
-    from the config. model: a `contract.Classifier` or a bare module (then `image_size`, an
-    int side or (H, W), gives its input size). The config is checked first
-    (`config_lib.validate`, without the file checks: the weights are the caller's)."""
-    config_lib.validate(config, paths=False)
-    _choice("method", config.method, METHODS)
-    syn, mps = settings_from_config(config)
-    clf = contract.as_classifier(model, image_size)
-    if config.method != "base" and generator is None:
-        generator = load_generator(config.generator, num_classes)
-    return build_method(config.method, model=clf, tx=tx, learning_rate_fn=learning_rate_fn,
-                        num_classes=num_classes, generator=generator, synthetic=syn, mps=mps,
-                        data_sharding=data_sharding)
-
-
 def build_method(method, *, model, tx, learning_rate_fn, num_classes, generator=None,
-                 synthetic=None, mps=None, image_size=None, data_sharding=None):
+                 synthetic=None, mps=None, regulariser_settings=None, image_size=None,
+                 data_sharding=None):
     """A method's Method from explicit arguments.
 
-    method: one of METHODS. model: a `contract.Classifier` (or a bare module following the
-    contract, with image_size). tx: the classifier's optax optimiser (also the second head's,
-    gda_mh); learning_rate_fn: step -> lr, the eta of MPS's virtual step. generator: a
-    `generators.Generator` (every method but base). synthetic: SyntheticSettings; mps:
-    MPSSettings (gda_mps, mgr). Everything is checked here (SettingError, ContractError);
-    nothing is compiled.
+    method: one of `method_names()`. model: a `contract.Classifier` (or a bare module
+    following the contract, with image_size). tx: the classifier's optax optimiser (also the
+    extra head's, gda_mh); learning_rate_fn: step -> lr, the eta of MPS's virtual step.
+    generator: a `generators.Generator` (every method but base). synthetic:
+    SyntheticSettings; mps: MPSSettings (the MPS methods, e.g. gda_mps, mgr);
+    regulariser_settings: the method's regulariser's own settings (default: those it was
+    registered with). Everything is checked here (SettingError, ContractError); nothing is
+    compiled.
     """
-    _choice("method", method, METHODS)
+    check_one_of("method", method, method_names())
     synthetic = SyntheticSettings() if synthetic is None else synthetic
     mps = MPSSettings() if mps is None else mps
-    _require(isinstance(synthetic, SyntheticSettings),
-             f"synthetic={synthetic!r} must be a methods.SyntheticSettings")
-    _require(isinstance(mps, MPSSettings), f"mps={mps!r} must be a methods.MPSSettings")
-    _number("num_classes", num_classes, 1, integer=True)
-    _require(callable(learning_rate_fn), "learning_rate_fn must be a function step -> lr")
-    _require(callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None)),
-             f"tx={tx!r} must be an optax GradientTransformation")
+    require(isinstance(synthetic, SyntheticSettings),
+            f"synthetic={synthetic!r} must be a methods.SyntheticSettings")
+    require(isinstance(mps, MPSSettings), f"mps={mps!r} must be a methods.MPSSettings")
+    check_number("num_classes", num_classes, 1, integer=True)
+    require(callable(learning_rate_fn), "learning_rate_fn must be a function step -> lr")
+    require(callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None)),
+            f"tx={tx!r} must be an optax GradientTransformation")
     clf = contract.as_classifier(model, image_size)
     if clf.input_shape is None:
         raise contract.ContractError("build_method needs the classifier's input shape: "
                                      "Classifier(module, input_shape=(H, W, C)) or image_size")
-    logits_shape, features_shape = clf.output_shapes()
-    if logits_shape.shape[-1] != num_classes:
-        raise contract.ContractError(f"the classifier has {logits_shape.shape[-1]} logits and "
+    shapes = clf.output_shapes()
+    if shapes[0].shape[-1] != num_classes:
+        raise contract.ContractError(f"the classifier has {shapes[0].shape[-1]} logits and "
                                      f"num_classes={num_classes}")
     if method == "base":
         step = functools.partial(base_step, model=clf, tx=tx, learning_rate_fn=learning_rate_fn)
         return Method(_with_step_key(step, clf, False), init_meta=lambda rng: {},
                       classifier=clf, name=method)
     check_generator(generator, num_classes)
-    loss_kind, sampling = SYNTHETIC[method]
-    if sampling == "mps" and mps.meta_target == "finder" and mps.kl_weight:
-        _require(synthetic.batch_size >= 2, f"synthetic batch_size={synthetic.batch_size}: "
-                 "the KL penalty needs at least two samples (or mps.kl_weight=0)")
-    aug = {"num_ops": synthetic.augment_num_ops, "max_magnitude": synthetic.augment_max_magnitude}
-    if synthetic.augment_ops != SyntheticSettings().augment_ops:
-        aug["ops"] = synthetic.augment_ops
-    uda = {"temperature": synthetic.uda_temperature, "threshold": synthetic.uda_threshold}
-
-    def loss_of(net):
-        def syn_loss(params, batch_stats, x01, y, key, aux_head=None):
-            return synthetic_lib.synthetic_loss(loss_kind, net, params, batch_stats, x01, y, key,
-                                                aux_head=aux_head, aug_config=aug,
-                                                uda_config=uda)
-        return syn_loss
-
-    ctx = _Context(model=clf, tx=tx, learning_rate_fn=learning_rate_fn, generator=generator,
-                   syn_loss=loss_of(clf), lam=float(synthetic.lambda_),
-                   syn_batch=synthetic.batch_size, num_classes=num_classes,
-                   input_shape=clf.input_shape, data_sharding=data_sharding)
-    frozen = {"generator": generator.params}
+    regulariser, sampling = regularisers.method_table()[method]
+    ctx = UniformContext(model=clf, tx=tx, learning_rate_fn=learning_rate_fn,
+                         generator=generator, regulariser=regulariser, synthetic=synthetic,
+                         num_classes=num_classes, data_sharding=data_sharding,
+                         settings=regulariser.settings if regulariser_settings is None
+                         else regulariser_settings)
     if sampling == "uniform":
-        if loss_kind == "gda_mh":  # the second head reads g(x): its size from the features.
-            ctx = dataclasses.replace(ctx, aux_module=nn.Dense(num_classes))
-            feat_dim = features_shape.shape[-1]
+        return _uniform_method(method, ctx, shapes[1].shape[-1])
+    return _mps_method(method, ctx, mps, shapes)
 
-            def init_meta(rng):
-                aux = jax.jit(ctx.aux_module.init)(rng, jnp.zeros((1, feat_dim)))
-                return {"aux_head": aux, "aux_opt": tx.init(aux)}
-        else:
-            init_meta = lambda rng: {}  # noqa: E731
-        return Method(_with_step_key(functools.partial(uniform_step, ctx=ctx), clf, False),
-                      init_meta, frozen, classifier=clf, name=method)
+
+def _uniform_method(name, ctx, feature_dim):
+    """A uniform-sampling method; a regulariser's extra head lives in TrainState.meta."""
+    if ctx.regulariser.head is not None:  # it reads g(x): its input size from the features.
+        ctx = dataclasses.replace(ctx, head=ctx.regulariser.head(ctx.num_classes))
+
+    def init_meta(rng):
+        if ctx.head is None:
+            return {}
+        head = jax.jit(ctx.head.init)(rng, jnp.zeros((1, feature_dim)))
+        return {"aux_head": head, "aux_opt": ctx.tx.init(head)}
+    step = _with_step_key(functools.partial(uniform_step, ctx=ctx), ctx.model, False)
+    return Method(step, init_meta, {"generator": ctx.generator.params}, classifier=ctx.model,
+                  name=name)
+
+
+def _mps_method(name, uniform, mps, shapes):
+    """An MPS method: Algorithm 1 (`mps_step`), with `between_step` when update_every > 1."""
+    clf, generator = uniform.model, uniform.generator
+    if mps.meta_target == "finder" and mps.kl_weight:
+        require(uniform.synthetic.batch_size >= 2,
+                f"synthetic batch_size={uniform.synthetic.batch_size}: the KL penalty needs at "
+                "least two samples (or mps.kl_weight=0)")
+    require(uniform.regulariser.head is None,
+            f"{uniform.regulariser.name} has an extra head, which MPS does not train")
     finder = Finder(arch=mps.finder_arch, hidden_dim=mps.finder_hidden_dim)
-    ctx = dataclasses.replace(ctx, mps=mps, finder=finder, meta_tx=finder_optimizer(mps),
-                              syn_loss_fd=loss_of(finite_difference_classifier(
-                                  clf, mps, logits_shape, features_shape)))
+    finder_loss = None
     if mps.finder_update != "meta":  # Table 7: CE (as GDA's) or PCR on x_p, whatever L_syn is.
-        finder_kind = {"max_ce": "gda", "max_pcr": "pcr"}[mps.finder_update]
-        ctx = dataclasses.replace(ctx, finder_loss=functools.partial(
-            synthetic_lib.synthetic_loss, finder_kind, clf, aug_config=aug, uda_config=uda))
+        own = regularisers.registered()[{"max_ce": "gda", "max_pcr": "pcr"}[mps.finder_update]]
+        other = dataclasses.replace(uniform, regulariser=own, settings=own.settings)
+        finder_loss = other.syn_loss
+    ctx = MPSContext(uniform=uniform, mps=mps, finder=finder, meta_tx=finder_optimizer(mps),
+                     fd_model=finite_difference_classifier(clf, mps, *shapes),
+                     finder_loss=finder_loss)
 
     def init_meta(rng):
         if mps.meta_target == "generator":
@@ -422,12 +488,11 @@ def build_method(method, *, model, tx, learning_rate_fn, num_classes, generator=
         else:
             params = jax.jit(finder.init)(rng, jnp.zeros((1,) + tuple(generator.latent_shape)))
         return {"params": params, "opt": ctx.meta_tx.init(params)}
-    if mps.meta_target == "generator":
-        frozen = {}
+    frozen = {} if mps.meta_target == "generator" else {"generator": generator.params}
     needs_val = mps.finder_update == "meta"
     between = None
     if mps.update_every > 1:  # checked like the meta step, so one pipeline serves both
         between = _with_step_key(functools.partial(between_step, ctx=ctx), clf, needs_val)
     return Method(_with_step_key(functools.partial(mps_step, ctx=ctx), clf, needs_val),
-                  init_meta, frozen, needs_val=needs_val, classifier=clf, name=method,
+                  init_meta, frozen, needs_val=needs_val, classifier=clf, name=name,
                   between_step=between, update_every=mps.update_every)

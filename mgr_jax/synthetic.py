@@ -7,14 +7,14 @@ Images reach the classifier through its own normalisation (`contract.Classifier.
 the one that real batches are given in.
 """
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mgr_jax import contract, losses, synthetic_augment
+from mgr_jax import contract, regularisers, synthetic_augment
 
-LOSSES = ("gda", "gda_mh", "gda_ssl", "pcr")
 # ITU-R BT.601 luma: RGB generator images for a one-channel classifier.
 LUMA = (0.299, 0.587, 0.114)
 
@@ -86,7 +86,7 @@ def synthesize(generator, gen_params, w, labels, image_size, channels=3):
     return jnp.where(jnp.isfinite(images), jnp.clip((images + 1.0) / 2.0, 0.0, 1.0), jnp.nan)
 
 
-def _forward(model, params, batch_stats, images01):
+def train_mode_outputs(model, params, batch_stats, images01):
     """Train-mode classifier on [0, 1] images: (logits, features); stats updates dropped."""
     clf = contract.as_classifier(model)
     logits, feats, _ = clf.forward(params, batch_stats, clf.prepare(images01), True)
@@ -95,26 +95,23 @@ def _forward(model, params, batch_stats, images01):
 
 def synthetic_loss(kind, model, params, batch_stats, images01, labels, key, *, aux_head=None,
                    aug_config=None, uda_config=None):
-    """L_syn of a method (unweighted): gda CE, gda_mh second-head CE, gda_ssl UDA, pcr PCR.
+    """L_syn of a registered regulariser (unweighted), e.g. gda CE, gda_mh second-head CE,
+    gda_ssl UDA, pcr PCR (`mgr_jax.regularisers`), outside a method's step.
 
     model: a `contract.Classifier` or a bare module following the contract; images01
     (N, H, W, C) in [0, 1]; labels (N,) int; key: the augmentation's PRNG key; aux_head:
-    features (N, D) -> logits (gda_mh only). Returns a scalar.
+    features (N, D) -> logits (gda_mh only); aug_config: `rand_augment`'s keywords;
+    uda_config: `losses.uda_loss`'s. Returns a scalar.
     """
-    def strong():
-        return synthetic_augment.rand_augment(key, images01, **(aug_config or {}))
-    if kind == "gda":
-        logits, _ = _forward(model, params, batch_stats, images01)
-        return losses.cross_entropy(logits, labels)
-    if kind == "gda_mh":
-        _, feats = _forward(model, params, batch_stats, images01)
-        return losses.multi_head_gda_loss(aux_head(feats), labels)
-    if kind == "gda_ssl":
-        weak, _ = _forward(model, params, batch_stats, images01)
-        strong_logits, _ = _forward(model, params, batch_stats, strong())
-        return losses.uda_loss(weak, strong_logits, **(uda_config or {}))
-    if kind == "pcr":
-        _, feats = _forward(model, params, batch_stats, images01)
-        _, feats_aug = _forward(model, params, batch_stats, strong())
-        return losses.pcr_loss(feats_aug, feats)
-    raise ValueError(f"unknown synthetic loss {kind!r}; choose one of {LOSSES}")
+    reg = regularisers.registered().get(kind)
+    if reg is None:
+        raise ValueError(f"unknown synthetic loss {kind!r}; choose one of "
+                         f"{list(regularisers.registered())}")
+    uda = {"temperature": 0.4, "threshold": 0.8, **(uda_config or {})}
+    inputs = regularisers.LossInputs(
+        forward=lambda x: train_mode_outputs(model, params, batch_stats, x), images=images01,
+        labels=labels, key=key, head=aux_head, settings=reg.settings,
+        strong=lambda x, k: synthetic_augment.rand_augment(k, x, **(aug_config or {})),
+        synthetic=types.SimpleNamespace(uda_temperature=uda["temperature"],
+                                        uda_threshold=uda["threshold"]))
+    return reg.loss(inputs)

@@ -19,7 +19,7 @@ def fixtures_dir():
 # last files to start are then short ones and the workers finish together.
 LONGEST_FIRST = ("test_multihost.py", "test_gan.py", "test_generator_kinds.py", "test_edm.py", "test_library_api.py",
                  "test_experiments.py", "test_mps_diagnostics.py", "test_methods.py",
-                 "test_run_hardening.py", "test_sharding.py", "test_stylegan_xl.py",
+                 "test_run_refusals.py", "test_sharding.py", "test_stylegan_xl.py",
                  "test_train.py", "test_stylegan2.py", "test_resnet.py")
 
 
@@ -45,7 +45,7 @@ def pytest_configure(config):
             os.environ.get("MGR_JAX_XLA_DEFAULT_FLAGS") != "1":
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
-    from mgr_jax import compile_cache
+    from mgr_jax.run import compile_cache
 
     directory = os.environ.get(compile_cache.ENV_VAR)
     if not directory:

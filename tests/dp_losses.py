@@ -7,7 +7,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from mgr_jax import sharding, train  # noqa: E402
+from mgr_jax.run import sharding, train  # noqa: E402
 from tests.helpers import one_stage_resnet, tiny_config  # noqa: E402
 
 
@@ -20,7 +20,8 @@ def losses_for(method, steps=3):
                                            "lambda_": 0.1, "optimizer.lr": 0.005,
                                            "augment.num_ops": 1})
     mesh = sharding.create_mesh()
-    pipeline, _, m, state, rng = train.setup(config, mesh, model=one_stage_resnet(config))
+    start = train.setup(config, mesh, model=one_stage_resnet(config))
+    pipeline, m, state, rng = start.pipeline, start.method, start.state, start.loop_rng
     step = jax.jit(m.train_step, donate_argnums=(0,),
                    out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)))
     out = []

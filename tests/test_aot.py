@@ -7,15 +7,17 @@ plugin, which `.ci/run` installs in a virtualenv of its own after the suite; wit
 skip. The others check the command's pieces on the CPU.
 """
 import importlib.util
+import lzma
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgr_jax import aot, aot_targets
 from mgr_jax.errors import UserError
+from mgr_jax.run import aot, aot_targets
 from tests.helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,6 +65,27 @@ def test_every_method_compiles_for_tpu_and_gpu(name):
         assert report.alias_bytes >= state_bytes // 2 and report.fits
         if name == "v5e":  # the TPU compiler's cost model
             assert report.flops > 0 and report.bytes_accessed > 0
+
+
+SGXL_FIXTURE = os.path.join(ROOT, "..", "shared", "fixtures", "sgxl_cond4_res16.pkl.xz")
+
+
+@pytest.mark.aot
+@pytest.mark.skipif(not HAVE_CUDA, reason="the CUDA plugin is not installed")
+@pytest.mark.skipif(not os.path.exists(SGXL_FIXTURE), reason="no StyleGAN-XL fixture here")
+def test_stylegan_xl_exact_mgr_step_compiles_for_an_h100(tmp_path):
+    """The H100's Triton GEMM emitter refused a dot over StyleGAN-XL's transposed Fourier-feature
+    grid in the forward-over-reverse pass ("Couldn't find output tile sizes"); the synthesis
+    input layer now has no dot over (H, W). Its fixture's shapes, the exact hypergradient."""
+    plain = tmp_path / "sgxl.pkl"
+    with lzma.open(SGXL_FIXTURE) as f, open(plain, "wb") as g:
+        shutil.copyfileobj(f, g)
+    config = _small_config()
+    config.generator.kind, config.generator.checkpoint = "stylegan_xl", str(plain)
+    generator = aot.load_generator(config.generator, 4)
+    report = aot.compile_step(config, "mgr_exact", "float32", aot_targets.target("h100"),
+                              generator, 4)
+    assert not report.error, report.error
 
 
 @pytest.mark.aot
@@ -165,12 +188,14 @@ def test_the_compiled_step_is_the_trainers_and_its_memory_is_checked():
     and metrics as the trainer's jitted step (same program, same shardings); its memory
     analysis is the one the trainer checks before a run on an accelerator, which refuses a
     device one byte too small and accepts one that holds it."""
-    from mgr_jax import config_lib, sharding, train
+    from mgr_jax.run import config_lib
+    from mgr_jax.run import sharding, train
 
     config = _small_config()
     config.mps.hypergradient = "finite_difference"
     mesh = sharding.create_mesh()
-    pipeline, _, method, state, rng = train.setup(config, mesh)
+    start = train.setup(config, mesh)
+    pipeline, method, state, rng = start.pipeline, start.method, start.state, start.loop_rng
     batch = sharding.shard_batch(next(iter(pipeline.train_batches(1, with_val=True))), mesh)
     trainer_memory = train._step_memory(config, method, state, rng, pipeline, mesh)  # noqa: SLF001
     pipeline.close()

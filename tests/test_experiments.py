@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from mgr_jax import checkpoints, config_lib, train
+from mgr_jax.run import checkpoints, config_lib, train
 from mgr_jax.experiments import (
     ablation_finder,
     ablation_update,
@@ -72,7 +72,7 @@ class FakeTrainer:
         done = len(runs.read_metrics(workdir))
         last = config.num_epochs if max_epochs_this_run is None else min(
             config.num_epochs, done + max_epochs_this_run)
-        state = train.setup(config)[3] if self.save_checkpoints else None
+        state = train.setup(config).state if self.save_checkpoints else None
         ckpt = checkpoints.RunCheckpoints(workdir) if self.save_checkpoints else None
         logging = "mps" in config and config.mps.log_hypergrad_cosine
         for epoch in range(done + 1, last + 1):

@@ -19,13 +19,16 @@ from jax.test_util import check_grads
 from configs.generator import digits as digits_config
 from mgr_jax import frechet
 from mgr_jax.errors import UserError
-from mgr_jax.gan import diffaugment as gan_augment
-from mgr_jax.gan import metrics as gan_metrics
-from mgr_jax.gan import steps as gan_train
-from mgr_jax.gan import train as train_generator
+from mgr_jax.gan import (
+    diffaugment as gan_augment,
+    metrics as gan_metrics,
+    steps as gan_train,
+    train as train_generator,
+)
 from mgr_jax.generators import stylegan2_ada as sg_generator
 from mgr_jax.models import stylegan2
 from mgr_jax.models.stylegan2 import discriminator as stylegan2_disc
+from mgr_jax.run import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -349,8 +352,8 @@ def classifier_dir(tmp_path_factory):
 
 
 def _restore(config, workdir):
-    from mgr_jax import checkpoints  # noqa: PLC0415
-    _, _, state, _, _, _ = train_generator.setup(config)
+    from mgr_jax.run import checkpoints  # noqa: PLC0415
+    state = train_generator.setup(config).state
     ckpt = checkpoints.RunCheckpoints(workdir, keep_best=False)
     try:
         return ckpt.restore_latest(state)
@@ -391,10 +394,17 @@ def test_resume_is_bit_exact_and_exports_a_loadable_generator(tmp_path, classifi
 
 
 def test_workdir_with_another_config_is_refused(tmp_path):
+    """The classifier run's rule (run/workdir.py): a workdir whose run saved a snapshot is
+    bound to its config.json, and a second run on a locked workdir is refused at once."""
     train_generator.checkpoints.write_config(
         str(tmp_path), json.loads(tiny_gan_config().to_json()))
+    os.makedirs(tmp_path / "checkpoints" / "latest" / "8")  # a saved snapshot
     with pytest.raises(UserError, match="loss.r1_gamma"):
         train_generator.train_generator(tiny_gan_config(**{"loss.r1_gamma": 1.0}), str(tmp_path))
+    with workdir_lib.RunLock(str(tmp_path), json.loads(tiny_gan_config().to_json()),
+                             resumable=train_generator.RESUMABLE_CHANGES):
+        with pytest.raises(UserError, match="in use|locked|another run"):
+            train_generator.train_generator(tiny_gan_config(), str(tmp_path))
 
 
 @pytest.mark.parametrize("override,match", [

@@ -1,4 +1,4 @@
-"""The main job with every generator kind, loaded from its original checkpoint file (issue 10).
+"""The main job with every generator kind, loaded from its original checkpoint file.
 
 For stylegan2_ada, biggan, fastgan and edm a small random-weight generator is written in its
 original PyTorch format (tests/official_files.py) and `config.generator` points at that file.
@@ -20,13 +20,10 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from mgr_jax import config_lib, train
 from mgr_jax.errors import UserError
 from mgr_jax.generators import load_generator
-from mgr_jax.models import biggan as biggan_net
-from mgr_jax.models import edm as edm_net
-from mgr_jax.models import fastgan as fastgan_net
-from mgr_jax.models import stylegan2
+from mgr_jax.models import biggan as biggan_net, edm as edm_net, fastgan as fastgan_net, stylegan2
+from mgr_jax.run import config_lib, train
 from tests import official_files
 from tests.helpers import tiny_config
 
@@ -214,7 +211,7 @@ def _check_loaded(kind, config, files, frozen):
     _, _, variables, reference = files[kind]
     assert jax.tree.structure(frozen) == jax.tree.structure(variables)
     jax.tree.map(np.testing.assert_array_equal, frozen, variables)
-    gen = load_generator(config.generator, NUM_CLASSES)  # its sampler, as methods.build loads it
+    gen = load_generator(config.generator, NUM_CLASSES)  # its sampler, as run.build.build loads it
     # EDM starts from z * sigma_max (80); a random network does not denoise, so its 2-step
     # samples of |z| ~ 1 are about z * 40, all clipped: a small known latent keeps them in range.
     z = jax.random.normal(jax.random.key(7), (6,) + tuple(gen.latent_shape))
@@ -275,7 +272,8 @@ def test_main_job_trains_mgr_with_each_kind(kind, files, tmp_path):
         assert all(np.isfinite(r[k]) for k in ("loss", "ce", "syn", "meta_loss"))
         assert r["syn"] > 0 and r["hypergrad_norm"] > 0  # the images matter, G passes gradient
 
-    _, _, method, state0, _ = train.setup(config)  # what the run started from
+    start = train.setup(config)  # what the run started from
+    method, state0 = start.method, start.state
     state = train.restore_state(config, workdir)
     assert int(state.step) == len(steps)
     moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(

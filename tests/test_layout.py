@@ -85,3 +85,25 @@ def test_local_imports_do_not_hide_project_imports():
     local = {m: anywhere[m] - top[m] for m in anywhere}
     hidden = {m: sorted(i) for m, i in local.items() if i}
     assert not hidden, f"function-local project imports: {hidden}"
+
+
+# Modules outside mgr_jax/run/ that may import it: the commands (their names are kept where
+# users know them) and the trainers built on the classifier's run.
+RUN_USERS = ("mgr_jax.main", "mgr_jax.aot", "mgr_jax.train_generator", "mgr_jax.gan.train",
+             "mgr_jax.gan.metrics", "mgr_jax.experiments")
+
+
+def test_the_library_never_imports_the_run_wing():
+    """mgr_jax/run/ turns configs into the library's calls; the library needs no config."""
+    for module, imported in _graph(top_level_only=False).items():
+        if module.startswith(("mgr_jax.run", "tests")) or module.startswith(RUN_USERS):
+            continue
+        assert not any(i == "mgr_jax.run" or i.startswith("mgr_jax.run.") for i in imported), \
+            f"{module} imports the run wing: {sorted(i for i in imported if 'run' in i)}"
+
+
+def test_commands_at_the_top_are_only_doors():
+    """mgr_jax/main.py and aot.py hand over to mgr_jax/run/ (a few lines each)."""
+    for name in ("main", "aot"):
+        with open(os.path.join(ROOT, "mgr_jax", f"{name}.py")) as f:
+            assert len(f.read().splitlines()) <= 10, f"mgr_jax/{name}.py grew: move code to run/"

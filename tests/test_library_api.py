@@ -10,11 +10,12 @@ import numpy as np
 import optax
 import pytest
 
-from mgr_jax import classifier, contract, hypergrad, losses, methods, synthetic, train
-from mgr_jax.config_lib import METHODS
+from mgr_jax import classifier, contract, hypergrad, losses, methods, synthetic
 from mgr_jax.errors import UserError
 from mgr_jax.finder import Finder
 from mgr_jax.generators import tiny
+from mgr_jax.run import build, train
+from mgr_jax.run.config_lib import METHODS
 from tests.helpers import tiny_config
 
 SHAPE = (8, 12, 3)  # non-square inputs; the generator makes 8x8 images
@@ -207,10 +208,10 @@ def test_config_path_refuses_an_unknown_hypergradient_instead_of_running_fd():
                                 ("finder.arch", "deep", "finder.arch='deep'")]:
         config = tiny_config(method="mgr", **{key: value})
         with pytest.raises(UserError, match=message):  # config_lib's or SettingError
-            methods.build(config, model=PlainCNN(), tx=_tx(), learning_rate_fn=lambda s: LR,
+            build.build(config, model=PlainCNN(), tx=_tx(), learning_rate_fn=lambda s: LR,
                           num_classes=NUM_CLASSES, image_size=8)
         with pytest.raises(methods.SettingError, match=message):
-            methods.settings_from_config(config)
+            build.settings_from_config(config)
 
 
 def test_missing_or_mismatched_generator_is_refused():

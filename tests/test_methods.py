@@ -7,8 +7,9 @@ import numpy as np
 import optax
 import pytest
 
-from mgr_jax import classifier, hypergrad, losses, synthetic, train
-from mgr_jax.config_lib import METHODS
+from mgr_jax import classifier, hypergrad, losses, synthetic
+from mgr_jax.run import train
+from mgr_jax.run.config_lib import METHODS
 from tests.helpers import one_stage_resnet, tiny_config
 
 # Every test here runs a one-stage ResNet (stem and one basic block, BatchNorm) with one
@@ -20,7 +21,9 @@ SMALL = {"generator.kind": "random", "generator.resolution": 8, "augment.num_ops
 
 def _setup(method, **overrides):
     config = tiny_config(method=method, **{**SMALL, **overrides})
-    pipeline, model, m, state, rng = train.setup(config, model=one_stage_resnet(config))
+    start = train.setup(config, model=one_stage_resnet(config))
+    pipeline, model, m, state, rng = (start.pipeline, start.model, start.method, start.state,
+                                      start.loop_rng)
     batch = next(pipeline.train_batches(1, with_val=m.needs_val))
     return config, model, m, state, rng, batch
 
@@ -202,7 +205,7 @@ def test_hypergradient_cosine_is_logged_on_request():
 
 
 def test_method_without_generator_is_a_clear_error():
-    from mgr_jax import config_lib
+    from mgr_jax.run import config_lib
     from mgr_jax.errors import UserError
     with pytest.raises(UserError, match="generator.kind"):
         config_lib.validate(tiny_config(method="pcr", **{"generator.kind": ""}))

@@ -18,21 +18,11 @@ import numpy as np
 import optax
 import pytest
 
-from mgr_jax import (
-    classifier,
-    config_lib,
-    contract,
-    hypergrad,
-    losses,
-    methods,
-    sharding,
-    synthetic,
-    synthetic_augment,
-    train,
-)
+from mgr_jax import classifier, contract, hypergrad, losses, methods, synthetic, synthetic_augment
 from mgr_jax.errors import UserError
 from mgr_jax.finder import Finder
 from mgr_jax.generators.base import Generator
+from mgr_jax.run import build, config_lib, sharding, train
 from tests.helpers import tiny_config
 
 SHAPE = (8, 8, 3)
@@ -402,12 +392,15 @@ def test_new_mps_fields_come_from_the_config_and_are_checked():
         "mps.update_every": 4, "mps.finder_b1": 0.5, "mps.normalize_hypergrad": True,
         "mps.finder_optimizer": "sgd", "mps.finder_warmup_steps": 10,
         "mps.log_meta_descent": True})
-    _, mps = methods.settings_from_config(config)
+    _, mps = build.settings_from_config(config)
     assert (mps.update_every, mps.finder_b1, mps.normalize_hypergrad, mps.finder_optimizer,
             mps.finder_warmup_steps, mps.log_meta_descent) == (4, 0.5, True, "sgd", 10, True)
-    assert methods.settings_from_config(tiny_config(method="mgr"))[1] == methods.MPSSettings()
-    for key, value, message in [("mps.update_every", 0, "mps.update_every=0 must be >= 1"),
-                                ("mps.finder_b2", 1.0, "mps.finder_b2=1.0 must be in [0, 1)"),
+    assert build.settings_from_config(tiny_config(method="mgr"))[1] == methods.MPSSettings()
+    # config_lib checks these values by making the settings: the settings' own messages
+    for key, value, message in [("mps.update_every", 0, "mps.update_every=0 must be an "
+                                 "integer >= 1"),
+                                ("mps.finder_b2", 1.0, "mps.finder_b2=1.0 must be a number "
+                                 ">= 0 and < 1"),
                                 ("mps.finder_optimizer", "lbfgs", "mps.finder_optimizer='lbfgs'")]:
         with pytest.raises(UserError, match=re.escape(message)):
             config_lib.validate(tiny_config(method="mgr", **{key: value}), paths=False)

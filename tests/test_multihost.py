@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from mgr_jax import multihost
 from mgr_jax.errors import UserError
+from mgr_jax.run import multihost
 from tests.helpers import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from mgr_jax import config_lib, files
+from mgr_jax import files
 from mgr_jax.errors import UserError
 from mgr_jax.experiments import cli, paired, stats, sweep_finder, tables
+from mgr_jax.run import config_lib
 from tests.helpers import config_rng, tiny_config, write_fake_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,6 +73,106 @@ def test_ties_failed_runs_and_degenerate_cases():
     assert math.isnan(stats.paired_comparison([1.0], [2.0]).ci_low)
     with pytest.raises(ValueError, match="one number per seed"):
         stats.paired_comparison([1.0, 2.0], [1.0])
+
+
+def _accuracy_differences(count_diffs, n_test=359, seed=0):
+    """d = acc_b - acc_a in percent of n_test images, arm b having count_diffs more correct,
+    the arms' accuracies computed in two ways (100 * k / N and k / N * 100), as two codes
+    that count the same images may: equal count differences differ by float rounding."""
+    k_a = np.random.default_rng(seed).integers(200, 300, len(count_diffs))
+    k_b = k_a + np.asarray(count_diffs)
+    return np.array([kb / n_test * 100.0 - 100.0 * ka / n_test for ka, kb in zip(k_a, k_b)])
+
+
+def _exact_wilcoxon(count_diffs):
+    """(min(W+, W-), two-sided p) by listing all 2^n sign patterns of the ranks of the integer
+    differences (exact ties; zeros dropped): the definition, independent of `stats`."""
+    d = np.asarray([c for c in count_diffs if c != 0], np.float64)
+    ranks = scipy_stats.rankdata(np.abs(d))
+    stat = min(ranks[d > 0].sum(), ranks[d < 0].sum())
+    patterns = (np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1  # 1 = positive
+    w_plus = patterns @ ranks
+    return stat, min(1.0, 2.0 * np.mean(w_plus <= stat + 1e-9))  # ranks are halves: exact
+
+
+@pytest.mark.parametrize("count_diffs", [
+    [1, 1, -1, 2, 1, 3, -2, 1, 4, 2],  # ties of 1s and 2s, both signs
+    [1, 1, -1, 2, 1, 0, -2, 1, 0, 2, 1, -1],  # and zero differences (float zeros or +-1e-14)
+    [2, 2, 2, -2, 1, 1, -3, 3, 3, 1, -1, 4, 2, -5, 1, 2, 6, -1, 1, 2, 3, -2],  # n = 22
+])
+def test_wilcoxon_ties_decided_up_to_rounding(count_diffs):
+    """Differences of equal image counts, computed from different accuracies, are one tied
+    value: the test equals the exact test on the integer counts (scaling does not change
+    ranks), by enumeration and, up to 13 differences, scipy's exact permutation method. The
+    same counts ranked as floats would split the ties (the old behaviour)."""
+    d = _accuracy_differences(count_diffs)
+    nonzero = [c for c in count_diffs if c]
+    assert len(np.unique(d[d > 1e-9])) > len(set(c for c in nonzero if c > 0)), \
+        "the case needs rounding noise between equal count differences"
+    stat, p = stats.wilcoxon_signed_rank(d)
+    want_stat, want_p = _exact_wilcoxon(count_diffs)
+    assert stat == want_stat and p == pytest.approx(want_p, rel=1e-12)
+    if len(nonzero) <= 13:  # scipy enumerates all 2^n patterns (n_resamples 9999 >= 2^13)
+        want = scipy_stats.wilcoxon(nonzero, method=scipy_stats.PermutationMethod())
+        assert stat == want.statistic and p == pytest.approx(want.pvalue, rel=1e-12)
+
+
+def test_wilcoxon_ties_above_the_exact_limit_match_scipy_asymptotic():
+    """60 differences of a few image counts (many ties, zeros): the normal approximation with
+    the tie correction equals scipy's "asymptotic" method on the integer counts (scipy drops
+    zeros and leaves out the continuity correction by default, as `stats` does)."""
+    rng = np.random.default_rng(3)
+    counts = rng.integers(-3, 5, 60)
+    assert len(counts[counts != 0]) > stats.EXACT_WILCOXON_MAX_N
+    stat, p = stats.wilcoxon_signed_rank(_accuracy_differences(counts, seed=1))
+    want = scipy_stats.wilcoxon(counts, method="asymptotic")
+    assert stat == want.statistic and p == pytest.approx(want.pvalue, rel=1e-9)
+
+
+def test_wilcoxon_tie_groups_do_not_chain():
+    """|d| = 1, 1 + 0.6e-9, 1 + 1.2e-9: the second is within TIE_TOLERANCE of the first, the
+    third is not (it is compared with the group's first value, not with its neighbour), so
+    the ranks are 1.5, 1.5, 3 (W- = 3 = W+), not 2, 2, 2 (W- = 2)."""
+    assert stats.TIE_TOLERANCE == 1e-9
+    stat, _ = stats.wilcoxon_signed_rank([1.0, 1.0 + 0.6e-9, -(1.0 + 1.2e-9)])
+    assert stat == 3.0
+    assert all(map(math.isnan, stats.wilcoxon_signed_rank([1e-12, -1e-12])))  # zeros
+
+
+def test_holm_by_hand():
+    """p = [0.01, 0.04, 0.03, 0.005] (m = 4), sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1:
+    0.02, 0.03, 0.06, 0.04, then the running maximum 0.02, 0.03, 0.06, 0.06, put back in the
+    order given. Capped at 1; equal p-values share one value; NaN is not a test."""
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.5, 0.6]) == [1.0, 1.0]  # 2 x 0.5, then max(1, 0.6)
+    assert stats.holm([0.02, 0.02, 0.5]) == pytest.approx([0.06, 0.06, 0.5])
+    adjusted = stats.holm([0.01, math.nan, 0.02])  # m = 2
+    assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1])
+    assert adjusted[2] == pytest.approx(0.02)
+    assert stats.holm([]) == [] and stats.holm([0.3]) == [0.3]
+    with pytest.raises(ValueError, match="must be in"):
+        stats.holm([0.1, 1.5])
+
+
+def test_holm_rejects_as_the_step_down_procedure():
+    """For every alpha, {i: adjusted_i <= alpha} is the set Holm's procedure rejects, written
+    as the procedure: sort, reject while p_(i) <= alpha / (m - i + 1), stop at the first that
+    is not. Adjusted values are monotone in p and not below p."""
+    rng = np.random.default_rng(0)
+    for m in (1, 2, 5, 12):
+        p = np.round(rng.uniform(0, 0.2, m) ** 2, 4)  # rounded: some equal p-values
+        adjusted = np.asarray(stats.holm(p))
+        assert np.all(adjusted >= p) and np.all(adjusted <= 1.0)
+        order = np.argsort(p, kind="stable")
+        assert np.all(np.diff(adjusted[order]) >= 0)
+        for alpha in rng.uniform(0.0, 0.5, 200):  # (not on a boundary, where float
+            # rounding of alpha / (m - i) and (m - i) * p could disagree)
+            rejected = set()
+            for i, k in enumerate(order):
+                if p[k] > alpha / (m - i):
+                    break
+                rejected.add(int(k))
+            assert set(np.flatnonzero(adjusted <= alpha).tolist()) == rejected
 
 
 # ----------------------------------------------------------------------------- commands
@@ -188,7 +289,7 @@ def test_finder_settings_and_command_lines_parse(tmp_path):
         sweep_finder.parse_setting("mps.finder_rate=1")
     with pytest.raises(UserError, match="a paired comparison needs at least two seeds"):
         paired.run(tiny(), str(tmp_path), seeds=(0,), trainer=FileTrainer())
-    with pytest.raises(UserError, match="mps.update_every=0 must be >= 1"):
+    with pytest.raises(UserError, match="mps.update_every=0 must be an integer >= 1"):
         paired.run(tiny(), str(tmp_path), seeds=(0, 1), update_every=(0,),
                    trainer=FileTrainer())
     chosen = tmp_path / "chosen_finder.json"

@@ -44,7 +44,7 @@ def test_one_and_four_devices_give_the_same_loss_curve():
 def test_batch_not_divisible_by_devices_is_a_clear_error():
     from jax.sharding import Mesh
 
-    from mgr_jax import sharding
+    from mgr_jax.run import sharding
     from mgr_jax.errors import UserError
     from tests.helpers import tiny_config
 

@@ -32,12 +32,12 @@ import pytest
 from conftest import FIXTURES, ROOT
 from PIL import Image
 
-from converters import pickle_writer, torch_pickle
-from converters import stylegan_xl as converter
+from converters import pickle_writer, torch_pickle, stylegan_xl as converter
 from converters.pickle_writer import Global, Instance, Reduce
-from mgr_jax import generators, train
+from mgr_jax import generators
 from mgr_jax.generators import stylegan_xl as sgxl_generator
 from mgr_jax.models import stylegan_xl, stylegan_xl_ops
+from mgr_jax.run import train
 from tests.helpers import tiny_config
 
 ATOL = 1e-4
@@ -521,6 +521,6 @@ def test_main_job_trains_mgr_with_the_original_snapshot(tmp_path):
     for r in steps:
         assert all(np.isfinite(r[k]) for k in ("loss", "ce", "syn", "meta_loss"))
         assert r["syn"] > 0 and r["hypergrad_norm"] > 0  # images matter, G passes gradient
-    _, _, method, _, _ = train.setup(config)
+    method = train.setup(config).method
     frozen = method.frozen["generator"]  # what the step is given: the snapshot's G_ema
     jax.tree.map(np.testing.assert_array_equal, frozen, variables)

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgr_jax import checkpoints, classifier, train
 from mgr_jax.data import loader
 from mgr_jax.errors import UserError
+from mgr_jax.run import build, checkpoints, train
 from tests.helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +21,7 @@ def test_learning_rate_steps_down_at_the_milestones():
     config = tiny_config()
     config.optimizer.lr = 0.01
     config.optimizer.lr_milestones = (60, 120, 160)
-    fn = classifier.create_learning_rate_fn(config, steps_per_epoch=10)
+    fn = build.create_learning_rate_fn(config, steps_per_epoch=10)
     got = [float(fn(s)) for s in (0, 599, 600, 1199, 1200, 1599, 1600, 1999)]
     want = [0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5]
     np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -31,7 +31,7 @@ def test_optimizer_is_pytorch_nesterov_sgd():
     """Three steps against torch.optim.SGD's update, written out by hand."""
     config = tiny_config()
     config.optimizer.weight_decay = 0.01
-    tx = classifier.create_optimizer(config, lambda step: 0.1)
+    tx = build.create_optimizer(config, lambda step: 0.1)
     p = {"w": jnp.array([1.0, -2.0])}
     grads = [jnp.array([0.5, 0.1]), jnp.array([-0.3, 0.2]), jnp.array([0.05, -0.4])]
     state = tx.init(p)
@@ -47,7 +47,9 @@ def test_optimizer_is_pytorch_nesterov_sgd():
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch():
     config = tiny_config()
-    pipeline, model, method, state, rng = train.setup(config)
+    start = train.setup(config)
+    pipeline, model, method, state, rng = (start.pipeline, start.model, start.method,
+                                           start.state, start.loop_rng)
     batch = next(pipeline.train_batches(1))
     step = jax.jit(method.train_step)
     first = None

@@ -1,8 +1,8 @@
 """The one input-pipeline interface, and the pipeline a config names.
 
-Both implementations (`memory.ArrayPipeline` for the embedded digits, `grain_pipeline.
-GrainPipeline` for image datasets) yield batches as dicts of numpy arrays, normalised by
-`protocol.normalize` (the classifier's input; consumers never undo it):
+Both implementations (`memory.ArrayPipeline` for the embedded digits and Fashion-MNIST,
+`grain_pipeline.GrainPipeline` for the image datasets) yield batches as dicts of numpy arrays,
+normalised by `protocol.normalize` (the classifier's input; consumers never undo it):
     train: {"image": (B, S, S, 3) float32, "label": (B,) int32}, plus "val_image" /
            "val_label" (a D_val batch, unaugmented) when `with_val` is set (MPS steps);
     eval:  the same keys plus "mask" (B,) float32, 0 on padding (static shapes: one compile).
@@ -10,6 +10,7 @@ GrainPipeline` for image datasets) yield batches as dicts of numpy arrays, norma
 from typing import Iterator, Protocol, runtime_checkable
 
 from mgr_jax.data import datasets, grain_pipeline, memory
+from mgr_jax.data.datasets import fashion_mnist
 
 
 @runtime_checkable
@@ -44,4 +45,7 @@ def create_pipeline(config, shard=(0, 1)) -> Pipeline:
     if config.data.name == "digits":
         return memory.create_digits_pipeline(config, shard)
     datasets.validate(config.data)
-    return grain_pipeline.GrainPipeline.from_config(datasets.load_splits(config), config, shard)
+    splits = datasets.load_splits(config)
+    if config.data.name == "fashion_mnist":
+        return fashion_mnist.create_pipeline(splits, config, shard)
+    return grain_pipeline.GrainPipeline.from_config(splits, config, shard)

@@ -11,8 +11,8 @@ import sys
 
 from absl import flags
 
-from mgr_jax import config_lib
 from mgr_jax.experiments import cli, runs, tables
+from mgr_jax.run import config_lib
 
 AUGMENT_LABELS = {"none": "None", "augmix": "AugMix", "randaugment": "RandAugment",
                   "trivialaugment": "TrivialAugment"}

@@ -12,9 +12,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mgr_jax import compile_cache, config_lib
 from mgr_jax.errors import UserError
 from mgr_jax.files import read_json
+from mgr_jax.run import compile_cache, config_lib
 
 
 def parse_list(values, cast=str):

@@ -36,12 +36,12 @@ import sys
 import numpy as np
 from absl import flags
 
-from mgr_jax import train
 from mgr_jax.errors import UserError
 from mgr_jax.experiments import cli, plots, runs, tables
 from mgr_jax.experiments.probe import Probe
 from mgr_jax.experiments.snapshots import Snapshots, train_with_snapshots
 from mgr_jax.frechet import frechet_of_features
+from mgr_jax.run import train
 
 DEFAULT_SEEDS = "0,1,2"
 DEFAULT_FEATURE_EPOCHS = (5, 15, 30)

@@ -30,9 +30,10 @@ import sys
 
 from absl import flags
 
-from mgr_jax import config_lib
+from mgr_jax import hypergrad
 from mgr_jax.errors import UserError
 from mgr_jax.experiments import cli, runs, stats, sweep_finder, tables
+from mgr_jax.run import config_lib
 
 DEFAULT_SEEDS = ",".join(str(s) for s in range(10))
 DEFAULT_UPDATE_EVERY = (1, 4, 16)
@@ -156,7 +157,7 @@ def run(config, workdir, *, seeds=tuple(range(10)), finder=None,
         raise UserError("a paired comparison needs at least two seeds")
     if not update_every:
         raise UserError("no update_every given for the MGR arms")
-    cli.check_choices(list(hypergradients), config_lib.HYPERGRADIENTS, "hypergradients")
+    cli.check_choices(list(hypergradients), hypergrad.HYPERGRADIENTS, "hypergradients")
     arms = plan(config, seeds=seeds, finder=finder, update_every=update_every,
                 hypergradients=hypergradients, subset_fraction=subset_fraction,
                 lambda_map=lambda_map)

@@ -6,11 +6,12 @@ g(x_p) for Fig. 5, the synthetic images for Fig. 6b's Frechet distance and Fig. 
 import jax
 import numpy as np
 
-from mgr_jax import checkpoints, methods, synthetic, train
+from mgr_jax import synthetic
 from mgr_jax.data import protocol
 from mgr_jax.errors import UserError
 from mgr_jax.finder import Finder
 from mgr_jax.generators import load_generator
+from mgr_jax.run import checkpoints, config_lib, train
 
 
 def _batches(n, size):
@@ -41,7 +42,7 @@ class Probe:
         if config.method == "base":
             return
         gen = self.generator = load_generator(config.generator, self.num_classes)
-        self.mps = methods.SYNTHETIC[config.method][1] == "mps"
+        self.mps = config_lib.is_mps(config.method)
         self.meta_generator = self.mps and config.mps.meta_target == "generator"
         finder = Finder(arch=config.finder.arch, hidden_dim=config.finder.hidden_dim)
         use_finder = self.mps and not self.meta_generator

@@ -21,18 +21,16 @@ from typing import Any, Dict, Optional, Sequence
 
 import ml_collections
 
-from mgr_jax import checkpoints, config_lib, methods, train
+from mgr_jax import regularisers
 from mgr_jax.errors import TrainingDiverged
 from mgr_jax.files import read_json, write_json
-from mgr_jax.workdir import LATER_FIELDS
+from mgr_jax.run import checkpoints, config_lib, train
+from mgr_jax.run.workdir import LATER_FIELDS
 
-# The training methods that sample latents with MPS, in config_lib.METHODS order.
-MPS_METHODS = tuple(m for m in config_lib.METHODS
-                    if m in methods.SYNTHETIC and methods.SYNTHETIC[m][1] == "mps")
-# MPS method -> the uniform-sampling method with the same synthetic loss (gda_mps -> gda).
-UNIFORM_OF = {m: next(u for u, (loss, sampling) in methods.SYNTHETIC.items()
-                      if sampling == "uniform" and loss == methods.SYNTHETIC[m][0])
-              for m in MPS_METHODS}
+# The paper's methods that sample latents with MPS, in config_lib.METHODS order, and each
+# one's uniform-sampling twin with the same regulariser (gda_mps -> gda).
+MPS_METHODS = tuple(m for m in config_lib.METHODS if config_lib.is_mps(m))
+UNIFORM_OF = {m: regularisers.method_table()[m][0].uniform for m in MPS_METHODS}
 # Config fields that say where the data is and how it is loaded or logged, not what a run
 # computes (batches are a function of the step alone): left out of run names and hashes, so a
 # finished run is found again on a machine with other paths or worker counts.

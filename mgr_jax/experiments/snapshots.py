@@ -8,11 +8,11 @@ killed command resumes there.
 """
 import os
 
-from mgr_jax import checkpoints
 from mgr_jax.errors import TrainingDiverged
 from mgr_jax.experiments import runs
 from mgr_jax.files import read_json, write_json, write_npz
 from mgr_jax.frechet import frechet_of_features
+from mgr_jax.run import checkpoints
 
 
 class Snapshots:

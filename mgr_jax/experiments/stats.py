@@ -1,4 +1,5 @@
-"""Paired comparison of two arms over seeds: summaries, the paired difference, its CI, tests.
+"""Paired comparison of two arms over seeds: summaries, the paired difference, its CI, tests,
+and Holm's correction of the p-values of several comparisons.
 
 Seed s of arm a and seed s of arm b share the data order and the initialisation, so the
 numbers are compared as pairs: the difference d_s = b_s - a_s carries the effect, without the
@@ -16,6 +17,13 @@ from mgr_jax.experiments import tables
 
 # Up to this many non-zero differences the Wilcoxon p-value is exact (all 2^n sign patterns).
 EXACT_WILCOXON_MAX_N = 25
+# |d| within TIE_TOLERANCE * max(1, |d|) of each other are one tied value, and |d| up to
+# TIE_TOLERANCE is a zero. The differences are accuracies in percent from image counts,
+# 100 * k / N: two distinct ones are at least 100 / N apart (1e-6 with 100 million test
+# images; the widest tolerance, at |d| = 100, is 1e-7), while one count difference computed
+# from different counts (100 * (k + 1) / N - 100 * k / N for two k) varies by float64
+# rounding, about 1e-14 at 100: the tolerance is far from both.
+TIE_TOLERANCE = 1e-9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,22 +94,42 @@ def paired_t_test(diffs):
 
 
 def _signed_ranks(diffs):
-    """Ranks of |d| (ties averaged) of the non-zero d, and the signs."""
+    """(ranks of |d|, signs, sizes of the tie groups) of the non-zero d (see TIE_TOLERANCE).
+
+    |d| are sorted and cut into groups: a group holds the values within TIE_TOLERANCE *
+    max(1, first) of its first (smallest) value, so each value is compared with one fixed
+    value, and a run of values each a little above the last cannot grow into a wide group.
+    Each group's values share the mean of the ranks they span.
+    """
     d = _finite(diffs)
-    d = d[d != 0.0]  # Wilcoxon's convention: zero differences carry no sign
-    return scipy_stats.rankdata(np.abs(d)), np.sign(d)
+    d = d[np.abs(d) > TIE_TOLERANCE]  # zeros, up to rounding, carry no sign (Wilcoxon's rule)
+    magnitude = np.abs(d)
+    order = np.argsort(magnitude, kind="stable")
+    ranks, sizes, first = np.empty(d.size), [], 0
+    for i in range(1, d.size + 1):
+        if i == d.size or magnitude[order[i]] - magnitude[order[first]] > \
+                TIE_TOLERANCE * max(1.0, magnitude[order[first]]):
+            ranks[order[first:i]] = (first + 1 + i) / 2.0  # the mean of ranks first + 1 .. i
+            sizes.append(i - first)
+            first = i
+    return ranks, np.sign(d), np.asarray(sizes, np.float64)
 
 
 def wilcoxon_signed_rank(diffs):
     """(min(W+, W-), two-sided p) of the signed-rank test of H0: d symmetric about 0.
 
-    W+ is the sum of the ranks of |d| over the positive d. The p-value is exact up to
-    EXACT_WILCOXON_MAX_N non-zero differences: under H0 each sign is + or - with probability
-    1/2, so the null distribution of W+ is counted over all 2^n sign patterns of the ranks
-    (conditional on tied ranks, which stay exact); above that, the normal approximation
-    with the tie correction. p = min(1, 2 P(W+ <= min(W+, W-))). NaN with no non-zero d.
+    W+ is the sum of the ranks of |d| over the positive d; |d| equal up to float rounding are
+    tied and share their mean rank, zeros are dropped (TIE_TOLERANCE). The p-value is exact up
+    to EXACT_WILCOXON_MAX_N non-zero differences: under H0 each sign is + or - with
+    probability 1/2, so the null distribution of W+ is counted over all 2^n sign patterns of
+    the ranks as they are, tied ones included (conditional on the ties: scipy's permutation
+    method). Tied ranks are multiples of 1/2, so the count runs over 2 W+, an integer. Above
+    that, the normal approximation with the tie correction of the variance,
+    n (n + 1) (2n + 1) / 24 - sum over tie groups of (t^3 - t) / 48, and no continuity
+    correction (scipy's "asymptotic"). p = min(1, 2 P(W+ <= min(W+, W-))): the null
+    distribution is symmetric about half the rank sum. NaN with no non-zero d.
     """
-    ranks, signs = _signed_ranks(diffs)
+    ranks, signs, tie_sizes = _signed_ranks(diffs)
     n = ranks.size
     if n == 0:
         return math.nan, math.nan
@@ -109,18 +137,38 @@ def wilcoxon_signed_rank(diffs):
     w_minus = float(np.sum(ranks[signs < 0]))
     stat = min(w_plus, w_minus)
     if n <= EXACT_WILCOXON_MAX_N:
-        doubled = np.rint(2 * ranks).astype(np.int64)  # tied ranks are halves: integers x 2
-        counts = np.zeros(int(doubled.sum()) + 1, np.float64)
+        doubled = np.rint(2 * ranks).astype(np.int64)  # exact: ranks are halves
+        counts = np.zeros(int(doubled.sum()) + 1, np.float64)  # < 2^25: exact in float64
         counts[0] = 1.0
         for r in doubled:  # counts[s]: sign patterns whose doubled W+ is s (r >= 2)
             counts[r:] += counts[:-r].copy()
         p_low = counts[:int(np.rint(2 * stat)) + 1].sum() / counts.sum()
         return stat, float(min(1.0, 2.0 * p_low))
     mean = n * (n + 1) / 4.0
-    _, tie_counts = np.unique(ranks, return_counts=True)
-    var = n * (n + 1) * (2 * n + 1) / 24.0 - np.sum(tie_counts ** 3 - tie_counts) / 48.0
+    var = n * (n + 1) * (2 * n + 1) / 24.0 - np.sum(tie_sizes ** 3 - tie_sizes) / 48.0
     z = (stat - mean) / math.sqrt(var)
     return stat, float(min(1.0, 2.0 * scipy_stats.norm.cdf(z)))
+
+
+def holm(pvalues):
+    """Holm's step-down adjusted p-values of a family of tests, in the order given.
+
+    With the m p-values sorted, p_(1) <= ... <= p_(m), the adjusted value of the i-th is
+    max over j <= i of min(1, (m - j + 1) p_(j)): monotone in p, at most 1, and rejecting
+    where it is <= alpha keeps the family-wise error rate at alpha under any dependence
+    between the tests. NaN entries (tests without a p-value, e.g. all differences zero) stay
+    NaN and are not counted in m (as R's p.adjust). Equal p-values get equal adjusted values.
+    """
+    p = np.asarray([float(x) for x in pvalues], np.float64)
+    if np.any((p < 0.0) | (p > 1.0)):
+        raise ValueError(f"p-values must be in [0, 1]: {p.tolist()}")
+    adjusted = np.full(p.shape, math.nan)
+    present = np.flatnonzero(~np.isnan(p))
+    order = present[np.argsort(p[present], kind="stable")]
+    m = order.size
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return [float(x) for x in adjusted]
 
 
 def paired_comparison(a, b, confidence=0.95):

@@ -24,10 +24,11 @@ import sys
 
 from absl import flags
 
-from mgr_jax import config_lib
+from mgr_jax import method_settings
 from mgr_jax.errors import UserError
 from mgr_jax.experiments import cli, runs, sweep_lambda, tables
 from mgr_jax.files import read_json, write_json
+from mgr_jax.run import config_lib
 
 DEFAULT_SEEDS = "0"
 DEFAULT_LRS = (1e-4, 1e-3, 1e-2)
@@ -237,7 +238,7 @@ def _bools(text):
 def kwargs_from_flags(fv):
     kwargs = cli.common_kwargs(fv)
     optimizers = cli.parse_list(fv.optimizers)
-    cli.check_choices(optimizers, config_lib.FINDER_OPTIMIZERS, "finder optimizers")
+    cli.check_choices(optimizers, method_settings.FINDER_OPTIMIZERS, "finder optimizers")
     settings = grid(cli.parse_list(fv.finder_lrs, float), _betas(fv.betas),
                     _bools(fv.normalize), cli.parse_list(fv.warmups, int), optimizers)
     kwargs.update(method=fv.method, settings=settings)

@@ -15,9 +15,9 @@ import sys
 
 from absl import flags
 
-from mgr_jax import config_lib
 from mgr_jax.errors import UserError
 from mgr_jax.experiments import cli, runs, tables
+from mgr_jax.run import config_lib
 
 DEFAULT_METHODS = config_lib.METHODS
 

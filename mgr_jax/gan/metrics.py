@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mgr_jax import classifier, frechet, synthetic, train
+from mgr_jax import frechet, synthetic
 from mgr_jax.data import protocol
 from mgr_jax.generators import stylegan2_ada as sg_generator
+from mgr_jax.run import build, train
 
 
 def classifier_config(config):
@@ -34,10 +35,11 @@ def classifier_config(config):
     cls.eval_batch_size = config.eval_batch_size
     for key, value in config.data.items():
         cls.data[key] = value
-    # Milestones scaled to a shorter schedule (the default's 6, 10, 13 of 15 epochs).
-    if cls.num_epochs != 15:
-        cls.optimizer.lr_milestones = tuple(sorted({max(1, round(m * cls.num_epochs / 15))
-                                                    for m in (6, 10, 13)}))
+    # The metric's schedule (config.metric.classifier_lr_milestones, set for 15 epochs),
+    # scaled to another classifier_num_epochs.
+    milestones = config.metric.get("classifier_lr_milestones", (6, 9, 11))
+    cls.optimizer.lr_milestones = tuple(sorted({max(1, round(m * cls.num_epochs / 15))
+                                                for m in milestones}))
     return cls
 
 
@@ -56,7 +58,7 @@ class ClassifierMetrics:
     def __init__(self, cls_config, directory, real_images, num_classes, batch_size=256):
         """`real_images`: the real D images, normalised as the classifier's input."""
         state = train.restore_state(cls_config, directory, which="best")
-        model = classifier.create_model(cls_config, num_classes)
+        model = build.create_model(cls_config, num_classes)
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         self._apply = jax.jit(lambda x: model.apply(variables, x, train=False))
         self.image_size = cls_config.data.image_size

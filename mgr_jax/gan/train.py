@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -24,14 +25,14 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from converters import stylegan2_ada as sg_converter
-from mgr_jax import checkpoints, compile_cache, config_lib, files
+from mgr_jax import files
 from mgr_jax.data import memory, protocol
 from mgr_jax.errors import TrainingDiverged, UserError
-from mgr_jax.gan import diffaugment
-from mgr_jax.gan import metrics as gan_metrics
-from mgr_jax.gan import steps as gan_steps
+from mgr_jax.gan import diffaugment, metrics as gan_metrics, steps as gan_steps
 from mgr_jax.models.stylegan2 import discriminator as stylegan2_disc
-from mgr_jax.run_log import RunLog, format_eta
+from mgr_jax.run import checkpoints, compile_cache, config_lib
+from mgr_jax.run import workdir as workdir_lib
+from mgr_jax.run.run_log import format_eta, RunLog
 
 # Fields that may change between a run and its resumption without changing its results.
 RESUMABLE_CHANGES = ("total_kimg", "log_every_kimg")
@@ -161,13 +162,24 @@ def _mean_metrics(records):
     return {k: float(np.mean(v)) for k, v in values.items()}
 
 
+class Setup(NamedTuple):
+    """What a generator run starts from (`setup`)."""
+    G: Any  # the generator module
+    D: Any  # the discriminator module
+    state: Any  # the initial GAN state (both networks, their optimisers, G's EMA)
+    steps: Any  # {step kind: jitted step}
+    batches: Any  # step -> the real batch (RealBatches)
+    pipeline: Any  # the classifier's data pipeline the real images come from
+
+
 def setup(config):
-    """(models, optimisers, initial state, data, jitted steps); writes nothing."""
+    """The `Setup` of a generator config (models, initial state, jitted steps, data); writes
+    nothing."""
     images, labels, num_classes, pipeline = load_real_data(config)
     G, D, g_tx, d_tx, steps = gan_steps.build(config, num_classes)
     state = gan_steps.create_state(config, G, D, g_tx, d_tx)
     batches = RealBatches(images, labels, config.batch_size, config.seed)
-    return G, D, state, steps, batches, pipeline
+    return Setup(G, D, state, steps, batches, pipeline)
 
 
 def train_generator(config, workdir, max_kimg_this_run=None):
@@ -178,76 +190,63 @@ def train_generator(config, workdir, max_kimg_this_run=None):
     """
     validate(config)
     config_dict = config_lib.to_dict(config)
-    _check_workdir(workdir, config_dict)
+    workdir_lib.inspect(workdir, config_dict, resumable=RESUMABLE_CHANGES)
     G, D, state, steps, batches, pipeline = setup(config)
     batch_size = config.batch_size
     total_steps = gan_steps.steps_for_kimg(config.total_kimg, batch_size)
     snap_steps = max(1, gan_steps.steps_for_kimg(config.snapshot_every_kimg, batch_size))
     log_steps = max(1, gan_steps.steps_for_kimg(config.log_every_kimg, batch_size))
-    # Nothing is written before here: bad input leaves the workdir as it was.
-    checkpoints.write_config(workdir, config_dict)
-    metrics = _metric_fn(config, workdir, pipeline) if config.metric.enabled else None
-    ckpt = checkpoints.RunCheckpoints(workdir, keep_best=False)
-    loop = {"step": 0, "elapsed_s": 0.0}
-    restored = ckpt.restore_latest(state)
-    if restored is not None:
-        state, loop = restored
-        print(f"resuming {workdir} from kimg {gan_steps.kimg(loop['step'], batch_size):.1f}",
-              flush=True)
-    last_step, fresh = loop["step"], restored is None  # fresh: a killed first run's records go
-    log = RunLog(workdir, keep=lambda record: not fresh and record["step"] <= last_step,
-                 tensorboard=False)
-    rng = jax.random.key(config.seed)
-    step = loop["step"]
-    if restored is None:  # the initial G, for reference
-        _snapshot(workdir, config, G, state, 0, log, metrics)
-    stop = total_steps
-    if max_kimg_this_run is not None:
-        wanted = step + gan_steps.steps_for_kimg(max_kimg_this_run, batch_size)
-        stop = min(total_steps, -(-wanted // snap_steps) * snap_steps)
-    pending, t_log, step_log = [], time.time(), step
-    t_start = time.time() - loop["elapsed_s"]
-    try:
-        while step < stop:
-            kind = gan_steps.step_kind(step, config)
-            state, out = steps[kind](state, batches(step), rng)
-            pending.append(out)
-            step += 1
-            if step % log_steps == 0 or step % snap_steps == 0 or step == stop:
-                values = _mean_metrics(pending)
-                bad = [k for k, v in values.items() if not math.isfinite(v)]
-                if bad:
-                    raise TrainingDiverged(step)
-                rate = (step - step_log) / max(time.time() - t_log, 1e-9)
-                values["it_per_s"] = rate
-                log.write("train", step, values, kimg=round(gan_steps.kimg(step, batch_size), 4))
-                _progress_line(step, total_steps, batch_size, values, rate)
-                pending, t_log, step_log = [], time.time(), step
-            if step % snap_steps == 0 or step == stop:
-                loop = {"step": step, "elapsed_s": time.time() - t_start}
-                _snapshot(workdir, config, G, state, step, log, metrics)
-                ckpt.save(step, state, loop, is_best=False)
-    finally:
-        ckpt.close()
-    if step < total_steps:
-        print(f"paused at kimg {gan_steps.kimg(step, batch_size):.1f}; run again to resume",
-              flush=True)
-        return None
-    return _finish(workdir, config, G, state, loop, log)
-
-
-def _check_workdir(workdir, config_dict):
-    """checkpoints.check_workdir_config with the generator's resumable fields."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return
-    saved = files.read_json(path)
-    diff = [k for k in checkpoints.config_differences(saved, config_dict)
-            if k not in RESUMABLE_CHANGES]
-    if diff:
-        raise UserError(f"workdir {workdir} holds a run with a different config "
-                        f"({', '.join(diff[:5])}); use a new --workdir or the same config "
-                        "to resume")
+    # Nothing is written before here: bad input leaves the workdir as it was. The lock (the
+    # classifier run's) keeps a second run off this workdir and creates or checks config.json.
+    with workdir_lib.RunLock(workdir, config_dict, resumable=RESUMABLE_CHANGES):
+        metrics = _metric_fn(config, workdir, pipeline) if config.metric.enabled else None
+        ckpt = checkpoints.RunCheckpoints(workdir, keep_best=False)
+        loop = {"step": 0, "elapsed_s": 0.0}
+        restored = ckpt.restore_latest(state)
+        if restored is not None:
+            state, loop = restored
+            print(f"resuming {workdir} from kimg {gan_steps.kimg(loop['step'], batch_size):.1f}",
+                  flush=True)
+        last_step, fresh = loop["step"], restored is None  # fresh: a killed first run's records go
+        log = RunLog(workdir, keep=lambda record: not fresh and record["step"] <= last_step,
+                     tensorboard=False)
+        rng = jax.random.key(config.seed)
+        step = loop["step"]
+        if restored is None:  # the initial G, for reference
+            _snapshot(workdir, config, G, state, 0, log, metrics)
+        stop = total_steps
+        if max_kimg_this_run is not None:
+            wanted = step + gan_steps.steps_for_kimg(max_kimg_this_run, batch_size)
+            stop = min(total_steps, -(-wanted // snap_steps) * snap_steps)
+        pending, t_log, step_log = [], time.time(), step
+        t_start = time.time() - loop["elapsed_s"]
+        try:
+            while step < stop:
+                kind = gan_steps.step_kind(step, config)
+                state, out = steps[kind](state, batches(step), rng)
+                pending.append(out)
+                step += 1
+                if step % log_steps == 0 or step % snap_steps == 0 or step == stop:
+                    values = _mean_metrics(pending)
+                    bad = [k for k, v in values.items() if not math.isfinite(v)]
+                    if bad:
+                        raise TrainingDiverged(step)
+                    rate = (step - step_log) / max(time.time() - t_log, 1e-9)
+                    values["it_per_s"] = rate
+                    log.write("train", step, values, kimg=round(gan_steps.kimg(step, batch_size), 4))
+                    _progress_line(step, total_steps, batch_size, values, rate)
+                    pending, t_log, step_log = [], time.time(), step
+                if step % snap_steps == 0 or step == stop:
+                    loop = {"step": step, "elapsed_s": time.time() - t_start}
+                    _snapshot(workdir, config, G, state, step, log, metrics)
+                    ckpt.save(step, state, loop, is_best=False)
+        finally:
+            ckpt.close()
+        if step < total_steps:
+            print(f"paused at kimg {gan_steps.kimg(step, batch_size):.1f}; run again to resume",
+                  flush=True)
+            return None
+        return _finish(workdir, config, G, state, loop, log)
 
 
 def _metric_fn(config, workdir, pipeline):

@@ -1,9 +1,12 @@
 """The one interface every generator plugs in through (SPEC: "Generators and weights").
 
 A `Generator` bundles a pure sampling function with its frozen parameters:
-    images = gen.sample(gen.params, z, labels)
+    images = gen.sample(gen.params, z, labels, rng=None)
 z has shape (N, *gen.latent_shape), labels are int32 (N,) class indices (ignored when
 gen.num_classes == 0), images are NHWC float32 in [-1, 1] (clipped) at gen.resolution.
+`rng` is the key of samplers that draw noise per call (StyleGAN2-ADA, StyleGAN-XL and FastGAN
+with noise_mode "random"); the others (BigGAN, EDM, the random generator) ignore it. The steps call
+`sample(params, w, labels)`: their samples are a function of the latents alone.
 `sample` is jittable and differentiable in z and in params (MPS backpropagates through it).
 """
 import dataclasses
@@ -17,7 +20,7 @@ MAX_STEPS = 256  # EDM's Heun steps: the unrolled sampler (and its gradient) gro
 
 @dataclasses.dataclass(frozen=True)
 class Generator:
-    sample: Callable[[Any, Any, Any], Any]
+    sample: Callable[..., Any]  # (params, z, labels, rng=None) -> images
     params: Any
     latent_shape: Tuple[int, ...]
     num_classes: int

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from converters import edm as edm_converter
-from mgr_jax.generators.base import MAX_STEPS, Generator, check_number
+from mgr_jax.generators.base import check_number, Generator, MAX_STEPS
 from mgr_jax.models.edm import EDMPrecond
 
 # ----------------------------------------------------------------------------------------------
@@ -82,7 +82,8 @@ def make_generator(module: EDMPrecond, variables, num_steps=18, sigma_min=0.002,
                          f"1..{MAX_STEPS}")
     label_dim = int(module.label_dim)
 
-    def sample(params, z, labels):
+    def sample(params, z, labels, rng=None):  # deterministic (Heun): rng is not used
+        del rng
         onehot = jax.nn.one_hot(labels, label_dim, dtype=jnp.float32) if label_dim else None
         x = heun_sample(module, params, z, onehot, num_steps=num_steps, sigma_min=sigma_min,
                         sigma_max=sigma_max, rho=rho, remat=remat, unroll=unroll)

@@ -36,7 +36,8 @@ def load(seed=0, latent_dim=32, num_classes=10, resolution=16):
     params = jax.jit(module.init)(jax.random.key(seed), jnp.zeros((1, latent_dim)),
                                   jnp.zeros((1,), jnp.int32))  # jitted: one compile, not one per op
 
-    def sample(p, z, labels):
+    def sample(p, z, labels, rng=None):  # deterministic: rng is not used
+        del rng
         return module.apply(p, z, labels)
     return Generator(sample=sample, params=params, latent_shape=(latent_dim,),
                      num_classes=num_classes, resolution=resolution, kind="random")

@@ -1,4 +1,4 @@
-"""The paper's six datasets and a user's image folder, read from their official files.
+"""The paper's six datasets, Fashion-MNIST and a user's image folder, from their official files.
 
     config.data.name     files expected in config.data.manual_dir (docs/datasets.md)
     cars                 cars_train.tgz, cars_test.tgz, car_devkit.tgz,
@@ -9,11 +9,14 @@
     flowers              102flowers.tgz, imagelabels.mat, setid.mat
     pets                 images.tar.gz, annotations.tar.gz
     imagefolder          <class name>/*.jpg|png (or train/<class>/..., test/<class>/...)
+    fashion_mnist        train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,
+                         t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz
 
 The archives are prepared once into tfds array_record files (`data.prepared_dir`), then read
-through `mgr_jax.data.grain_pipeline.GrainPipeline`. Each dataset module has
-`load(config) -> archives.DatasetSplits`; importing this package is cheap (no tfds): the
-dataset modules load on demand.
+through `mgr_jax.data.grain_pipeline.GrainPipeline`; fashion_mnist is read whole into memory
+each run and served by `memory.ArrayPipeline` (`loader.create_pipeline` picks). Each dataset
+module has `load(config) -> archives.DatasetSplits`; importing this package is cheap (no
+tfds): the dataset modules load on demand.
 """
 import importlib
 
@@ -23,7 +26,26 @@ from mgr_jax.data import protocol
 from mgr_jax.errors import UserError
 
 ARCHIVE_DATASETS = ("cars", "aircraft", "birds", "dtd", "flowers", "pets")
-NAMES = ARCHIVE_DATASETS + ("imagefolder",)
+NAMES = ARCHIVE_DATASETS + ("imagefolder", "fashion_mnist")
+# The datasets whose classes `data.classes` may choose from, and how many classes they have
+# (their modules' NUM_CLASSES, written here so that checking a config imports no dataset).
+CLASS_COUNTS = {"fashion_mnist": 10}
+
+
+def check_classes(name, classes):
+    """UserError unless `classes` (data.classes) is empty (all classes) or at least two distinct
+    class indices of dataset `name`."""
+    if not classes:
+        return
+    shown = f"data.classes={tuple(classes)}"
+    if name not in CLASS_COUNTS:
+        raise UserError(f"{shown}: data.name={name!r} uses all of its classes (only "
+                        f"{list(CLASS_COUNTS)} keep a subset); set data.classes=()")
+    count = CLASS_COUNTS[name]
+    if len(classes) < 2 or len(set(classes)) != len(classes) or \
+            not all(0 <= c < count for c in classes):
+        raise UserError(f"{shown} must be at least two distinct class indices in "
+                        f"0..{count - 1} (the classes of {name}; () keeps them all)")
 
 
 def load_splits(config):
@@ -32,6 +54,7 @@ def load_splits(config):
     if name not in NAMES:
         raise UserError(f"data.name={name!r} is not a known dataset; choose one of "
                         f"{['digits', *NAMES]}")
+    check_classes(name, tuple(config.data.get("classes", ())))
     splits = importlib.import_module(f"mgr_jax.data.datasets.{name}").load(config)
     check_split_sizes(splits, config.data)
     return splits

@@ -3,7 +3,7 @@
 `validate(config)` checks every field before anything is written: that it is a known field
 (`SCHEMA`, the fields of configs/default.py), its type, its range or choices, the paths it
 names, and `generator.kwargs` against the generator kind's loader signature. It needs no
-device and no data, so the command line, `train` and `methods.build` all call it.
+device and no data: the run calls it once, at the door (`train.train_and_evaluate`).
 `check_memory(config, devices)` adds what the batch sizes imply for memory, a lower bound
 that is known once the devices are.
 """
@@ -13,18 +13,15 @@ import math
 import os
 from typing import Callable, NamedTuple, Optional
 
-from mgr_jax import generators, pretrained
+from mgr_jax import generators, methods, regularisers
 from mgr_jax.data import datasets
 from mgr_jax.errors import UserError
-from mgr_jax.hypergrad import HYPERGRADIENTS
-from mgr_jax.method_settings import FINDER_OPTIMIZERS
 from mgr_jax.models import resnet
+from mgr_jax.run import build, pretrained
 
-METHODS = ("base", "gda", "gda_mh", "gda_ssl", "gda_mps", "pcr", "mgr")
-MPS_METHODS = ("gda_mps", "mgr")
+METHODS = methods.METHODS  # the paper's; `methods.method_names()` adds registered ones
 AUGMENTS = ("none", "randaugment", "trivialaugment", "augmix")
 DTYPES = ("float32", "bfloat16")
-FINDER_ARCHS = ("residual", "residual_shallow", "linear", "mlp")
 DEFAULTS = "configs/default.py"
 
 
@@ -72,10 +69,10 @@ def _dataset_choice(v):
 
 
 # Sizes bounded so that a typo cannot ask for terabytes (or overflow a step counter) after
-# the run has started: the largest epochs, latent size and finder width a run may use.
+# the run has started: the largest epochs and latent size a run may use (the finder's width:
+# method_settings.MAX_HIDDEN_DIM).
 MAX_EPOCHS = 100_000
 MAX_LATENT_DIM = 65_536
-MAX_HIDDEN_DIM = 65_536
 
 
 def _milestones(v):
@@ -94,11 +91,10 @@ POSITIVE = Field("float", _range(0, lo_open=True))
 NON_NEGATIVE = Field("float", _range(0))
 
 SCHEMA = {
-    "method": Field("str", _one_of(METHODS)),
+    "method": Field("str", lambda v: _one_of(methods.method_names())(v)),
     "seed": SEED,
     "num_epochs": Field("int", _range(1, MAX_EPOCHS)),
     "batch_size": POSITIVE_INT,
-    "synthetic_batch_size": POSITIVE_INT,
     "eval_batch_size": POSITIVE_INT,
     "optimizer": {
         "lr": POSITIVE,
@@ -116,6 +112,7 @@ SCHEMA = {
         "val_fraction": FRACTION_OPEN,
         "test_fraction": FRACTION_OPEN,
         "split_seed": SEED,
+        "classes": Field("ints"),  # checked with data.name: `datasets.check_classes`
         "augment": Field("str", _one_of(AUGMENTS)),
         "prepared_dir": Field("str"),
         "num_workers": NON_NEGATIVE_INT,
@@ -131,7 +128,6 @@ SCHEMA = {
         "dtype": Field("str", _one_of(DTYPES)),
         "remat": Field("bool"),
     },
-    "lambda_": NON_NEGATIVE,
     "generator": {
         "kind": Field("str"),
         "checkpoint": Field("str"),
@@ -139,34 +135,6 @@ SCHEMA = {
         "latent_dim": Field("int", _range(1, MAX_LATENT_DIM)),
         "resolution": Field("int", _range(1, 4096)),
         "kwargs": Field("dict"),
-    },
-    "augment": {
-        "num_ops": Field("int", _range(0, 16)),
-        "max_magnitude": NON_NEGATIVE,
-    },
-    "uda": {
-        "temperature": POSITIVE,
-        "threshold": Field("float", _range(0, 1)),
-    },
-    "finder": {
-        "arch": Field("str", _one_of(FINDER_ARCHS)),
-        "hidden_dim": Field("int", _range(0, MAX_HIDDEN_DIM)),
-    },
-    "mps": {
-        "hypergradient": Field("str", _one_of(HYPERGRADIENTS)),
-        "fd_eps": POSITIVE,
-        "finder_lr": POSITIVE,
-        "finder_optimizer": Field("str", _one_of(FINDER_OPTIMIZERS)),
-        "finder_b1": Field("float", _range(0, 1, hi_open=True)),
-        "finder_b2": Field("float", _range(0, 1, hi_open=True)),
-        "normalize_hypergrad": Field("bool"),
-        "finder_warmup_steps": NON_NEGATIVE_INT,
-        "update_every": POSITIVE_INT,
-        "kl_weight": NON_NEGATIVE,
-        "meta_target": Field("str", _one_of(("finder", "generator"))),
-        "finder_update": Field("str", _one_of(("meta", "max_ce", "max_pcr"))),
-        "log_hypergrad_cosine": Field("bool"),
-        "log_meta_descent": Field("bool"),
     },
     "distributed": {
         "enabled": Field("bool"),
@@ -180,12 +148,34 @@ SCHEMA = {
 }
 
 
+def _settings_fields():
+    """The schema of the method's settings, derived from the settings dataclasses: each
+    field at its config path (`build.CONFIG_PATHS`), of its default's type; their values are
+    checked by making the settings (`build.settings_from_config`)."""
+    kinds = {bool: "bool", int: "int", float: "float", str: "str"}
+    for settings_type, paths in build.CONFIG_PATHS.items():
+        defaults = settings_type()
+        for name, path in paths.items():
+            section, _, key = path.rpartition(".")
+            node = SCHEMA.setdefault(section, {}) if section else SCHEMA
+            node[key] = Field(kinds[type(getattr(defaults, name))])
+
+
+_settings_fields()
+
+
+def is_mps(method):
+    """Whether a method samples its latents with MPS (Algorithm 1)."""
+    entry = regularisers.method_table().get(method)
+    return entry is not None and entry[1] == "mps"
+
+
 def _sections_needed(method):
     """The sections a method reads: the others may be absent from a library user's config."""
     needed = {"optimizer", "data", "model"}
     if method != "base":
         needed |= {"generator", "augment", "uda"}
-    if method in MPS_METHODS:
+    if is_mps(method):
         needed |= {"finder", "mps"}
     return needed
 
@@ -296,17 +286,25 @@ def validate(config, paths=True):
 
     `paths=False` skips the checks that the files a config names exist (model.init_checkpoint,
     generator.checkpoint): for library users who pass the weights or the generator in
-    themselves, as `methods.build(..., generator=G)` allows.
+    themselves, as `run.build.build(..., generator=G)` allows.
     """
     values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     method = values.get("method")
     _check_field("method", SCHEMA["method"], method)
-    _check_section(values, SCHEMA, "", _required_top_level(method))
+    # a registered regulariser's own section: checked by making its settings (below)
+    own = {r.section for r in regularisers.registered().values()} - set(SCHEMA)
+    _check_section({k: v for k, v in values.items() if k not in own}, SCHEMA, "",
+                   _required_top_level(method))
     dist = values.get("distributed")
     if dist:
         _require(dist["process_id"] < dist["num_processes"],
                  f"distributed.process_id={dist['process_id']} must be below "
                  f"distributed.num_processes={dist['num_processes']}")
+    build.settings_from_config(config)  # the settings' own checks (SettingError)
+    build.regulariser_settings(config)
+    data = values.get("data")
+    if data:
+        datasets.check_classes(data["name"], data["classes"])
     if paths:
         _check_paths(config)
     _check_generator(config, paths)
@@ -349,7 +347,7 @@ def step_memory_bytes(config):
     images = config.batch_size
     if config.method != "base":
         images += config.synthetic_batch_size
-    if config.method in MPS_METHODS:
+    if is_mps(config.method):
         images += config.batch_size  # the D_val batch of the meta step
     total = images * per_image
     gen = config.get("generator")

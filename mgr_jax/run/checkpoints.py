@@ -20,9 +20,9 @@ import threading
 
 import orbax.checkpoint as ocp
 
-from mgr_jax import files, multihost
-from mgr_jax import workdir as workdir_lib
+from mgr_jax import files
 from mgr_jax.errors import UserError
+from mgr_jax.run import multihost, workdir as workdir_lib
 
 # Fields that may change between a run and its resumption without changing its results.
 RESUMABLE_CHANGES = workdir_lib.RESUMABLE_CHANGES

@@ -1,4 +1,4 @@
-"""Issue 18, the training run's part: one run per workdir, every late error refused before
+"""The training run's refusals and recoveries: one run per workdir, every late error refused before
 config.json exists, data checked before training, recovery from damaged files, DTD's classes.
 
 Each test makes the damage itself (a second process, a torn line, garbage in a checkpoint, a
@@ -23,12 +23,12 @@ from PIL import Image
 
 from configs import default
 from configs.default import SHIPPED_GENERATOR
-from mgr_jax import checkpoints, config_lib, main, run_log, train, variables_io
-from mgr_jax import workdir as workdir_lib
+from mgr_jax import variables_io
 from mgr_jax.data import datasets
 from mgr_jax.data.datasets import dtd, imagefolder
 from mgr_jax.errors import UserError
 from mgr_jax.experiments import runs
+from mgr_jax.run import checkpoints, config_lib, main, run_log, train, workdir as workdir_lib
 from tests.helpers import tiny_config
 from tests.test_datasets import _image_folder, _jpeg, _tar, _text, make_config
 

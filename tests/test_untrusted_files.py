@@ -1,10 +1,10 @@
-"""Hostile and careless inputs, second round (issue 29): each is refused in one line, in bounded
-time and memory, before anything is written.
+"""Untrusted files and careless inputs (weights, generator settings, archives, annotations):
+each is refused in one line, in bounded time and memory, before anything is written.
 
 Every file is made here: pickles opcode by opcode or with `converters.pickle_writer` and
 tests/official_files.py (no torch), tar and .mat files with the standard library and scipy.
 Payloads that would exhaust memory run in a subprocess under a 2 GiB address-space limit (as
-tests/test_reader_hardening.py), which reports each one's status, stderr and its peak memory.
+tests/test_converters_hostile.py), which reports each one's status, stderr and its peak memory.
 """
 import contextlib
 import gzip

@@ -18,19 +18,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgr_jax import (
+from mgr_jax import files, synthetic, variables_io
+from mgr_jax.errors import TrainingDiverged, UserError
+from mgr_jax.run import (
+    build,
     checkpoints,
-    classifier,
     config_lib,
-    files,
     pretrained,
     run_log,
-    synthetic,
     train,
-    variables_io,
+    workdir as workdir_lib,
 )
-from mgr_jax import workdir as workdir_lib
-from mgr_jax.errors import TrainingDiverged, UserError
 from tests.helpers import tiny_config
 from tests.test_datasets import _image_folder
 
@@ -76,7 +74,8 @@ def test_a_dangling_link_is_neither_followed_nor_created_through(tmp_path):
 
 def test_non_finite_init_checkpoint_is_refused_naming_the_array(tmp_path):
     config = tiny_config()
-    _, model, _, state, _ = train.setup(config)
+    start = train.setup(config)
+    model, state = start.model, start.state
     stats = jax.tree.map(np.array, state.batch_stats)
     stats["bn1"]["var"][3] = np.nan  # one running variance
     path = str(tmp_path / "init")
@@ -174,7 +173,8 @@ def test_a_run_that_saved_nothing_may_start_again_with_another_config(tmp_path):
 
 
 @pytest.mark.parametrize("override,match", [
-    ({"finder.hidden_dim": 10 ** 9}, r"finder.hidden_dim=1000000000 must be in \[0, 65536\]"),
+    ({"finder.hidden_dim": 10 ** 9},
+     r"finder.hidden_dim=1000000000 must be an integer >= 0 and <= 65536"),
     ({"generator.latent_dim": 10 ** 9}, r"generator.latent_dim=1000000000 must be in"),
     ({"optimizer.lr_milestones": (200000000,)}, "must be epochs <= 100,000"),
     ({"num_epochs": 10 ** 9}, r"num_epochs=1000000000 must be in \[1, 100000\]"),
@@ -187,7 +187,7 @@ def test_sizes_from_the_config_are_bounded_before_anything_is_written(override, 
 def test_a_step_counter_past_int32_is_refused():
     config = tiny_config(**{"num_epochs": 100000})
     with pytest.raises(UserError, match="past the int32 step counter"):
-        classifier.create_learning_rate_fn(config, 30000)
+        build.create_learning_rate_fn(config, 30000)
 
 
 def _children(pid):

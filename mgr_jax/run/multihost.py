@@ -34,7 +34,7 @@ from jax._src import distributed as jax_distributed  # the key-value store has n
 from jax.experimental import multihost_utils
 
 from mgr_jax.errors import UserError
-from mgr_jax.workdir import flatten
+from mgr_jax.run.workdir import flatten
 
 MAGIC = "mgr_jax rendezvous 1"
 # Fields that may differ between the processes of one job (host-local settings).

@@ -55,7 +55,8 @@ def flatten(d, prefix=""):
 # behaviour: a saved config without one of them matches a config that has it at this value.
 LATER_FIELDS = {"mps.finder_optimizer": "adam", "mps.finder_b1": 0.9, "mps.finder_b2": 0.999,
                 "mps.normalize_hypergrad": False, "mps.finder_warmup_steps": 0,
-                "mps.update_every": 1, "mps.log_meta_descent": False, "model.remat": False}
+                "mps.update_every": 1, "mps.log_meta_descent": False, "model.remat": False,
+                "data.classes": ()}
 
 
 def config_differences(saved, current, resumable=RESUMABLE_CHANGES):

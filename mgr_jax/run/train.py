@@ -8,26 +8,30 @@ import functools
 import os
 import sys
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mgr_jax import checkpoints, config_lib, methods, multihost, pretrained, results, sharding
-from mgr_jax import workdir as workdir_lib
-from mgr_jax.classifier import (
-    create_learning_rate_fn,
-    create_model,
-    create_optimizer,
-    create_train_state,
-    eval_step,
-)
+from mgr_jax.classifier import create_train_state, eval_step
 from mgr_jax.data import loader
 from mgr_jax.errors import Interrupted, TrainingDiverged, UserError
-from mgr_jax.run_log import RunLog
+from mgr_jax.run import (
+    build,
+    checkpoints,
+    config_lib,
+    multihost,
+    pretrained,
+    results,
+    sharding,
+    workdir as workdir_lib,
+)
+from mgr_jax.run.run_log import RunLog
 
-__all__ = ["TrainingDiverged", "evaluate", "restore_state", "setup", "train_and_evaluate"]
+__all__ = ["Setup", "TrainingDiverged", "evaluate", "restore_state", "setup",
+           "train_and_evaluate"]
 
 
 def evaluate(eval_fn, state, pipeline, split):
@@ -62,8 +66,18 @@ def _check_finite(metrics_so_far, first_step):
             raise TrainingDiverged(first_step + i, what=what)
 
 
+class Setup(NamedTuple):
+    """What a run starts from (`setup`)."""
+    pipeline: Any  # the data pipeline (data.loader)
+    model: Any  # the classifier module
+    method: Any  # the methods.Method
+    state: Any  # the initial TrainState
+    loop_rng: Any  # the key every step folds its number into
+
+
 def setup(config, mesh=None, model=None):
-    """(pipeline, model, method, initial state, loop key) for a config; writes nothing.
+    """The `Setup` (pipeline, model, method, initial state, loop key) of a config, checked by
+    `config_lib.validate` before; writes nothing.
 
     With a `mesh`, the state is replicated over it and synthetic batches are split over it;
     the pipeline then yields this process's rows of every batch (`sharding.process_shard`).
@@ -75,30 +89,30 @@ def setup(config, mesh=None, model=None):
     pipeline = loader.create_pipeline(
         config, shard=(0, 1) if mesh is None else sharding.process_shard(mesh))
     if model is None:
-        model = create_model(config, pipeline.num_classes)
+        model = build.create_model(config, pipeline.num_classes)
         init_variables = pretrained.load_init_checkpoint(config, model, pipeline.num_classes)
     elif config.model.init_checkpoint:
         raise UserError("model.init_checkpoint is for the config's ResNet; leave it empty "
                         "when setup is given its own model")
     else:
         init_variables = None
-    lr_fn = create_learning_rate_fn(config, pipeline.steps_per_epoch)
-    tx = create_optimizer(config, lr_fn)
-    method = methods.build(config, model=model, tx=tx, learning_rate_fn=lr_fn,
-                           num_classes=pipeline.num_classes, image_size=pipeline.image_size,
-                           data_sharding=None if mesh is None else sharding.data_sharded(mesh))
+    lr_fn = build.create_learning_rate_fn(config, pipeline.steps_per_epoch)
+    tx = build.create_optimizer(config, lr_fn)
+    method = build.build(config, model=model, tx=tx, learning_rate_fn=lr_fn,
+                         num_classes=pipeline.num_classes, image_size=pipeline.image_size,
+                         data_sharding=None if mesh is None else sharding.data_sharded(mesh))
     init_rng, meta_rng, loop_rng = jax.random.split(jax.random.key(config.seed), 3)
     state = create_train_state(init_rng, model, tx, pipeline.image_size, init_variables,
                                meta=method.init_meta(meta_rng))
     if mesh is not None:
         state = sharding.replicate(state, mesh)
         method = method.with_frozen(sharding.replicate(method.frozen, mesh))
-    return pipeline, model, method, state, loop_rng
+    return Setup(pipeline, model, method, state, loop_rng)
 
 
 def restore_state(config, workdir, which="latest"):
     """The TrainState of a run's latest (or best-validation) checkpoint."""
-    _, _, _, state, _ = setup(config)
+    state = setup(config).state
     ckpt = checkpoints.RunCheckpoints(workdir)
     try:
         restored = ckpt.restore_latest(state, which=which)
