@@ -66,10 +66,9 @@ def load_generator(which):
     return stylegan2_ada.load(which)
 
 
-def train_one(hypergradient, args, splits, generator):
-    """Train the CNN with MGR and one hypergradient; returns a dict of results."""
-    clf = contract.Classifier(SmallCNN(), input_shape=(8, 8, 1), normalize=normalize,
-                              train_kwarg=None)
+def fit(clf, hypergradient, args, splits, generator):
+    """Train the classifier `clf` with MGR and one hypergradient on the digits: (final
+    TrainState, last metrics, seconds, compilation included)."""
     lr_fn = optax.cosine_decay_schedule(args.lr, max(args.steps, 1))
     tx = optax.sgd(lr_fn, momentum=0.9, nesterov=True)
     method = methods.build_method(
@@ -91,16 +90,26 @@ def train_one(hypergradient, args, splits, generator):
         batch = {"image": clf.prepare(x[i]), "label": y[i],  # real images: normalised by us
                  "val_image": clf.prepare(xv[j]), "val_label": yv[j]}
         state, metrics = step(state, batch, k_loop, method.frozen)  # the step folds in its count
-    metrics = jax.device_get(metrics)
-    seconds = time.time() - start
+    return state, jax.device_get(metrics), time.time() - start
 
+
+def summary(hypergradient, args, logits, labels, metrics, seconds):
+    """The results dict of one run: test top-1 from the test logits, the last losses."""
+    return {"hypergradient": hypergradient, "steps": args.steps,
+            "test_top1": 100.0 * float(np.mean(np.argmax(logits, -1) == labels)),
+            "last_loss": float(metrics.get("loss", np.nan)),
+            "last_meta_loss": float(metrics.get("meta_loss", np.nan)), "seconds": seconds}
+
+
+def train_one(hypergradient, args, splits, generator):
+    """Train the CNN with MGR and one hypergradient; returns a dict of results."""
+    clf = contract.Classifier(SmallCNN(), input_shape=(8, 8, 1), normalize=normalize,
+                              train_kwarg=None)
+    state, metrics, seconds = fit(clf, hypergradient, args, splits, generator)
     xt, yt = splits["test"]
     logits, _, _ = classifier.classifier_forward(clf, state.params, state.batch_stats,
                                                  clf.prepare(xt), False)
-    return {"hypergradient": hypergradient, "steps": args.steps,
-            "test_top1": 100.0 * float(np.mean(np.argmax(logits, -1) == yt)),
-            "last_loss": float(metrics.get("loss", np.nan)),
-            "last_meta_loss": float(metrics.get("meta_loss", np.nan)), "seconds": seconds}
+    return summary(hypergradient, args, logits, yt, metrics, seconds)
 
 
 def parse_args(argv=None):
@@ -117,13 +126,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None):
+def main(argv=None, train=train_one, label="mgr"):
+    """Train with each hypergradient of --hypergradients; `train` trains one (the NNX example
+    passes its own)."""
     args = parse_args(argv)
     splits, generator = load_splits(args.seed), load_generator(args.generator)
     results = []
     for hypergradient in [h.strip() for h in args.hypergradients.split(",") if h.strip()]:
-        out = train_one(hypergradient, args, splits, generator)
-        print(f"mgr, {out['hypergradient']}: test top-1 {out['test_top1']:.2f} % after "
+        out = train(hypergradient, args, splits, generator)
+        print(f"{label}, {out['hypergradient']}: test top-1 {out['test_top1']:.2f} % after "
               f"{out['steps']} steps ({out['seconds']:.1f} s, compilation included), "
               f"last loss {out['last_loss']:.4f}", flush=True)
         results.append(out)

@@ -83,8 +83,12 @@ def get_config():
     config.model.width = 0.25
     # 3x3 stride-1 stem without max-pool, for small inputs.
     config.model.cifar_stem = True
-    # Converted weights directory (converters/*) to start from; "" = random init.
+    # Converted weights directory (converters/*, or a run exported by `python -m
+    # mgr_jax.run.export`) to start from; "" = random init.
     config.model.init_checkpoint = ""
+    # With init_checkpoint: a fresh classifier head for this task even when the checkpoint's
+    # has as many classes (another task's head); False keeps a same-shaped head.
+    config.model.fresh_head = True
     # Compute dtype of the classifier: float32 or bfloat16 (parameters stay float32).
     config.model.dtype = "float32"
     # Recompute each residual block's activations in the backward pass instead of keeping them

@@ -26,7 +26,7 @@ from ml_collections import config_flags
 
 from converters import stylegan2_ada as sg_converter
 from mgr_jax import files
-from mgr_jax.data import memory, protocol
+from mgr_jax.data import loader, protocol
 from mgr_jax.errors import TrainingDiverged, UserError
 from mgr_jax.gan import diffaugment, metrics as gan_metrics, steps as gan_steps
 from mgr_jax.models.stylegan2 import discriminator as stylegan2_disc
@@ -98,13 +98,17 @@ def validate(config):
     config_lib.validate(gan_metrics.classifier_config(config))
 
 
+# The datasets the classifier's pipeline holds in memory (memory.ArrayPipeline).
+IN_MEMORY = ("digits", "fashion_mnist")
+
+
 def load_real_data(config):
     """(images in [-1, 1] (N, R, R, 3), int32 labels (N,), num_classes) of D, the training
     part of the protocol split, the images the classifier sees before normalisation."""
-    if config.data.name != "digits":
+    if config.data.name not in IN_MEMORY:
         raise UserError(f"data.name={config.data.name!r}: the generator trainer needs an "
-                        "in-memory dataset (digits)")
-    pipeline = memory.create_digits_pipeline(config)
+                        f"in-memory dataset ({', '.join(IN_MEMORY)})")
+    pipeline = loader.create_pipeline(config)
     train = pipeline.splits["train"]
     images01 = train.images
     return np.clip(images01 * 2.0 - 1.0, -1.0, 1.0).astype(np.float32), train.labels, \

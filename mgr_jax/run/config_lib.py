@@ -127,6 +127,7 @@ SCHEMA = {
         "init_checkpoint": Field("str"),
         "dtype": Field("str", _one_of(DTYPES)),
         "remat": Field("bool"),
+        "fresh_head": Field("bool"),
     },
     "generator": {
         "kind": Field("str"),

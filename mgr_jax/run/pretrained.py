@@ -62,9 +62,12 @@ def non_finite_leaves(tree):
 def load_init_checkpoint(config, model, num_classes):
     """Variables to start from, or None for a random init; UserError if they do not fit.
 
-    A checkpoint whose classifier head has another number of classes (ImageNet's 1000) gets a
-    fresh `fc` layer for this dataset, as fine-tuning in the paper does; everything else must
-    match the config's architecture exactly.
+    The classifier head (`fc`) is replaced by a fresh one for this task when the checkpoint's
+    has another number of classes (ImageNet's 1000), as fine-tuning in the paper does, and with
+    `model.fresh_head` (the default) also when its shape matches: a checkpoint pretrained on
+    another task (`python -m mgr_jax.run.export`) has another task's head even with as many
+    classes. `model.fresh_head=False` keeps a same-shaped head. Everything else must match the
+    config's architecture exactly.
     """
     path = config.model.init_checkpoint
     if not path:
@@ -97,10 +100,11 @@ def load_init_checkpoint(config, model, num_classes):
                         f"{f' (and {len(bad) - 1} more arrays)' if len(bad) > 1 else ''}; it "
                         "cannot start a run: convert the weights again from a good file")
     variables = {"params": dict(loaded["params"]), "batch_stats": loaded["batch_stats"]}
-    if head_differs:
+    if head_differs or config.model.get("fresh_head", True):
         fresh = model.init(jax.random.fold_in(jax.random.key(config.seed), 1),
                            jnp.zeros((1, size, size, 3)), train=False)
         variables["params"]["fc"] = fresh["params"]["fc"]
-        print(f"init_checkpoint {path}: new {num_classes}-way fc layer (the checkpoint's head "
-              f"has {np.shape(loaded['params']['fc']['kernel'])[-1]} classes)", flush=True)
+        why = (f"the checkpoint's head has {np.shape(loaded['params']['fc']['kernel'])[-1]} "
+               "classes" if head_differs else "model.fresh_head")
+        print(f"init_checkpoint {path}: new {num_classes}-way fc layer ({why})", flush=True)
     return jax.tree.map(jnp.asarray, variables)

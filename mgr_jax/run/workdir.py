@@ -56,7 +56,7 @@ def flatten(d, prefix=""):
 LATER_FIELDS = {"mps.finder_optimizer": "adam", "mps.finder_b1": 0.9, "mps.finder_b2": 0.999,
                 "mps.normalize_hypergrad": False, "mps.finder_warmup_steps": 0,
                 "mps.update_every": 1, "mps.log_meta_descent": False, "model.remat": False,
-                "data.classes": ()}
+                "data.classes": (), "model.fresh_head": True}
 
 
 def config_differences(saved, current, resumable=RESUMABLE_CHANGES):
