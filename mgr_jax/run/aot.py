@@ -165,7 +165,8 @@ class Report:
     @property
     def peak_bytes(self):
         """Arguments, outputs not aliased to donated arguments, and temporaries."""
-        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+        return config_lib.peak_bytes(self.argument_bytes, self.output_bytes, self.alias_bytes,
+                                     self.temp_bytes)
 
     @property
     def fits(self):

@@ -418,11 +418,16 @@ def check_memory(config, devices):
              f"evaluation batch, more than the {_gb(available)} {what}; lower eval_batch_size")
 
 
+def peak_bytes(arguments, outputs, aliased, temporaries):
+    """Bytes one device holds while a compiled step runs: its arguments, the outputs not
+    written over donated arguments (`aliased`), and its temporaries."""
+    return arguments + outputs - aliased + temporaries
+
+
 def compiled_peak_bytes(memory):
-    """Bytes one device holds while a compiled step runs, from its `memory_analysis()`:
-    arguments, outputs not written over donated arguments, and temporaries."""
-    return (memory.argument_size_in_bytes + memory.output_size_in_bytes
-            - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+    """`peak_bytes` of a compiled step's `memory_analysis()`."""
+    return peak_bytes(memory.argument_size_in_bytes, memory.output_size_in_bytes,
+                      memory.alias_size_in_bytes, memory.temp_size_in_bytes)
 
 
 def check_compiled_memory(config, memory, device):
