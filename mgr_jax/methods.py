@@ -1,11 +1,12 @@
-"""The seven methods as train steps `train_step(state, batch, rng, frozen) -> (state, metrics)`.
+"""The methods as train steps `train_step(state, batch, rng, frozen) -> (state, metrics)`.
 
-Built two ways, the same steps:
-  - `build_method(name, model=..., tx=..., learning_rate_fn=..., num_classes=...,
-    generator=..., synthetic=SyntheticSettings(...), mps=MPSSettings(...))` from explicit
-    arguments, with any classifier that follows `mgr_jax.contract` (the library way);
-  - `build(config, model=..., ...)` from a configs/default.py config: a thin layer that reads
-    the settings from the config and calls `build_method` (what `train.setup` does).
+A method is base (CE on the real batch), or a registered regulariser (`mgr_jax.regularisers`:
+the paper's gda, gda_mh, gda_ssl, pcr, or one of yours) with latents drawn uniformly or by MPS
+(Algorithm 1). `build_method(name, model=..., tx=..., learning_rate_fn=..., num_classes=...,
+generator=..., synthetic=SyntheticSettings(...), mps=MPSSettings(...))` builds one from
+explicit arguments, with any classifier that follows `mgr_jax.contract`; a config becomes these
+arguments in `mgr_jax.run.build`. Each family has its builder and its context:
+`_uniform_method` (UniformContext) and `_mps_method` (MPSContext, which holds a UniformContext).
 Bad names and settings raise `SettingError` (a ValueError) when the method is built.
 
 The step takes a TrainState (`classifier.create_train_state(..., meta=method.init_meta(key))`),
@@ -15,11 +16,12 @@ step folds in state.step, so the same key can be passed every step) and `method.
 `frozen` holds parameters the step reads but never changes (the generator's, unless the
 generator itself is meta-optimised); passing them as an argument keeps them out of the
 compiled program's constants. Jit it as `jax.jit(method.train_step)`, optionally with
-`donate_argnums=(0,)`. Algorithm 1 (MPS) is `mps_step`; the uniform-sampling methods share
-`uniform_step`. With `mps.update_every=k > 1` the finder takes its meta-update at every k-th
-step only: `method.step_for(n)` is `train_step` (the meta step) when n % k == 0 and
-`between_step` (the method's uniform step on latents F_phi(z), meta state unchanged)
-otherwise; `method.jit()` jits both, each a program of its own.
+`donate_argnums=(0,)`. Algorithm 1 (MPS) is `mps_step` (its three steps `meta_gradient`,
+`update_finder`, `real_step`); the uniform-sampling methods share `uniform_step`. With
+`mps.update_every=k > 1` the finder takes its meta-update at every k-th step only:
+`method.step_for(n)` is `train_step` (the meta step) when n % k == 0 and `between_step` (the
+method's uniform step on latents F_phi(z), meta state unchanged) otherwise; `method.jit()` jits
+both, each a program of its own.
 """
 import dataclasses
 import functools

@@ -1,10 +1,10 @@
-"""Synthetic samples x_p = resize(G(F(z), y_p)) and the synthetic-sample losses L_syn.
+"""Synthetic samples x_p = resize(G(F(z), y_p)), and the classifier's outputs on them.
 
-Each L_syn is a pure function of the classifier params and the [0, 1] synthetic images; the
-classifier runs in train mode (batch statistics) and its running-statistic updates are
-discarded: running statistics follow the real data only, which is what evaluation sees.
-Images reach the classifier through its own normalisation (`contract.Classifier.normalize`),
-the one that real batches are given in.
+The losses on those outputs are the registered regularisers' (`mgr_jax.regularisers`);
+`synthetic_loss` evaluates one outside a method's step. The classifier runs in train mode
+(batch statistics) and its running-statistic updates are discarded: running statistics follow
+the real data only, which is what evaluation sees. Images reach the classifier through its own
+normalisation (`contract.Classifier.normalize`), the one that real batches are given in.
 """
 import functools
 import types
