@@ -4,8 +4,9 @@ The four files are where `apt-get install dataset-fashion-mnist` puts them (else
 data.manual_dir; docs/datasets.md):
     python -m mgr_jax.main --config=configs/fashion_mnist.py --workdir=runs/fashion_mnist
 
-A class subset, relabelled 0..4 (e.g. downstream of a generator trained on classes 0-4):
-    --config.data.classes=5,6,7,8,9
+A class subset, relabelled 0..4 in that order (e.g. a downstream task for a backbone pretrained
+on classes 0-4 and exported with `python -m mgr_jax.run.export`):
+    --config.data.classes="(5,6,7,8,9)"
 No generator of Fashion-MNIST ships with mgr-jax, so the method is base; the others need one:
     --config.method=mgr --config.generator.kind=stylegan2_ada --config.generator.checkpoint=G.pkl
 """
