@@ -4,7 +4,7 @@ prediction: descent along the exact hypergradient, the finite-difference hypergr
 convergence, the meta-descent log, mps.update_every, the finder optimiser's settings.
 
 M(phi) = CE_val(theta - eta grad_theta [CE(real) + lambda PCR(x_p(phi))]) is written here
-from the library's pieces (losses, synthetic, the finder), apart from `methods.mps_step`.
+from the library's pieces (losses, synthetic, the finder), apart from `mps.mps_step`.
 8x8 inputs, batch 8; every step is compiled once per session (lru_cache).
 """
 import functools

@@ -48,8 +48,7 @@ def test_optimizer_is_pytorch_nesterov_sgd():
 def test_train_step_lowers_the_loss_on_a_fixed_batch():
     config = tiny_config()
     start = train.setup(config)
-    pipeline, model, method, state, rng = (start.pipeline, start.model, start.method,
-                                           start.state, start.loop_rng)
+    pipeline, method, state, rng = start.pipeline, start.method, start.state, start.loop_rng
     batch = next(pipeline.train_batches(1))
     step = jax.jit(method.train_step)
     first = None
