@@ -17,8 +17,8 @@ step folds in state.step, so the same key can be passed every step) and `method.
 generator itself is meta-optimised); passing them as an argument keeps them out of the
 compiled program's constants. Jit it as `jax.jit(method.train_step)`, optionally with
 `donate_argnums=(0,)`. Algorithm 1 (MPS) is `mgr_jax.mps.mps_step` (its three steps
-`meta_gradient`, `update_finder`, `real_step`); the uniform-sampling methods share `mgr_jax.uniform_steps.uniform_step`. With
-`mps.update_every=k > 1` the finder takes its meta-update at every k-th step only:
+`meta_gradient`, `update_finder`, `real_step`); the uniform-sampling methods share
+`mgr_jax.uniform_steps.uniform_step`. With `mps.update_every=k > 1` the finder takes its meta-update at every k-th step only:
 `method.step_for(n)` is `train_step` (the meta step) when n % k == 0 and `between_step` (the
 method's uniform step on latents F_phi(z), meta state unchanged) otherwise; `method.jit()` jits
 both, each a program of its own.
