@@ -11,14 +11,14 @@ Bad names and settings raise `SettingError` (a ValueError) when the method is bu
 
 The step takes a TrainState (`classifier.create_train_state(..., meta=method.init_meta(key))`),
 a batch {"image": (N, H, W, C) normalised by the classifier's `normalize`, "label": (N,) int}
-(plus "val_image", "val_label", a D_val batch, when `method.needs_val`), a PRNG key (the
-step folds in state.step, so the same key can be passed every step) and `method.frozen`.
-`frozen` holds parameters the step reads but never changes (the generator's, unless the
-generator itself is meta-optimised); passing them as an argument keeps them out of the
-compiled program's constants. Jit it as `jax.jit(method.train_step)`, optionally with
-`donate_argnums=(0,)`. Algorithm 1 (MPS) is `mgr_jax.mps.mps_step` (its three steps
-`meta_gradient`, `update_finder`, `real_step`); the uniform-sampling methods share
-`mgr_jax.uniform_steps.uniform_step`. With `mps.update_every=k > 1` the finder takes its meta-update at every k-th step only:
+(plus "val_image", "val_label", a D_val batch, when `method.needs_val`), a PRNG key (the step
+folds in state.step, so the same key can be passed every step) and `method.frozen`. `frozen`
+holds parameters the step reads but never changes (the generator's, unless the generator itself
+is meta-optimised); passing them as an argument keeps them out of the compiled program's
+constants. Jit it as `jax.jit(method.train_step)`, optionally with `donate_argnums=(0,)`.
+Algorithm 1 (MPS) is `mgr_jax.mps.mps_step` (its three steps `meta_gradient`, `update_finder`,
+`real_step`); the uniform-sampling methods share `mgr_jax.uniform_steps.uniform_step`. With
+`mps.update_every=k > 1` the finder takes its meta-update at every k-th step only:
 `method.step_for(n)` is `train_step` (the meta step) when n % k == 0 and `between_step` (the
 method's uniform step on latents F_phi(z), meta state unchanged) otherwise; `method.jit()` jits
 both, each a program of its own.
