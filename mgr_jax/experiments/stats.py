@@ -184,3 +184,37 @@ def paired_comparison(a, b, confidence=0.95):
     return PairedComparison(a=summarize(a), b=summarize(b), n=len(pairs), diff=summarize(diffs),
                             ci_low=low, ci_high=high, confidence=confidence, t_stat=t,
                             t_pvalue=t_p, wilcoxon_stat=w, wilcoxon_pvalue=w_p)
+
+
+def detectable_difference(sd, n, power=0.8, alpha=0.05):
+    """The smallest true mean difference a two-sided paired t-test at level `alpha` detects
+    with probability `power` over `n` pairs whose differences spread with sample std `sd`:
+    (t_{1 - alpha/2, n-1} + t_{power, n-1}) * sd / sqrt(n). NaN below two pairs."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    quantiles = scipy_stats.t.ppf(1.0 - alpha / 2.0, n - 1) + scipy_stats.t.ppf(power, n - 1)
+    return float(quantiles * sd / math.sqrt(n))
+
+
+def paired_t_power(delta, sd, n, alpha=0.05):
+    """Power of the two-sided paired t-test at level `alpha` against a true mean difference
+    `delta` (differences with std `sd`, `n` pairs): the noncentral t's mass beyond the
+    critical values, noncentrality delta * sqrt(n) / sd."""
+    crit = scipy_stats.t.ppf(1.0 - alpha / 2.0, n - 1)
+    nc = delta * math.sqrt(n) / sd
+    return float(scipy_stats.nct.sf(crit, n - 1, nc) + scipy_stats.nct.cdf(-crit, n - 1, nc))
+
+
+# The three readings of a pre-registered comparison of a paired difference's interval.
+HELPS, NO_GAIN_LARGER, NOT_DETECTED = "helps", "no gain larger than the margin", "not detected"
+
+
+def decision(ci_low, ci_high, margin):
+    """The pre-registered reading of a difference's confidence interval: HELPS when it lies
+    above 0; else NO_GAIN_LARGER when its upper end is below `margin` (the smallest gain that
+    matters); else NOT_DETECTED (also for a NaN interval: too few pairs)."""
+    if math.isfinite(ci_low) and ci_low > 0.0:
+        return HELPS
+    if math.isfinite(ci_high) and ci_high < margin:
+        return NO_GAIN_LARGER
+    return NOT_DETECTED
