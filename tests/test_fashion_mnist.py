@@ -5,18 +5,23 @@ import os
 import struct
 import time
 
+import jax
 import numpy as np
 import pytest
 
 from configs import fashion_mnist as fashion_config
+from configs import fashion_transfer as transfer_config
+from mgr_jax import variables_io
 from mgr_jax.data import datasets, loader, protocol, transforms
 from mgr_jax.data.datasets import fashion_mnist
 from mgr_jax.data.grain_pipeline import GrainPipeline
 from mgr_jax.errors import UserError
-from mgr_jax.run import config_lib
+from mgr_jax.generators import stylegan2_ada
+from mgr_jax.run import config_lib, train
 
 TRAIN_IMAGES, TRAIN_LABELS = fashion_mnist.FILES["train"][:2]
 TEST_IMAGES, TEST_LABELS = fashion_mnist.FILES["test"][:2]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_DIR = os.environ.get("MGR_JAX_FASHION_MNIST", fashion_mnist.APT_DIR)
 
 
@@ -264,3 +269,39 @@ def test_the_official_files_when_installed():
     config.data.classes = (5, 6, 7, 8, 9)
     pipeline = loader.create_pipeline(config)
     assert pipeline.split_sizes() == {"train": 27_000, "val": 3_000, "test": 5_000}
+
+
+def _flat(tree):
+    return {"/".join(str(getattr(k, "key", k)) for k in p): np.asarray(v)
+            for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_the_committed_transfer_setting_starts_from_its_weights(tmp_path):
+    """configs/fashion_transfer.py on test-made files: the classifier starts from the committed
+    upstream backbone (classes 0-4) with a fresh 5-way head, and the committed generator draws
+    16x16 images of the 5 downstream classes (README, "Does MPS help here?", setting A)."""
+    _make(tmp_path)
+    config = transfer_config.get_config()
+    config.data.manual_dir = str(tmp_path)
+    config.model.init_checkpoint = os.path.join(ROOT, config.model.init_checkpoint)
+    config.generator.checkpoint = os.path.join(ROOT, config.generator.checkpoint)
+    config_lib.validate(config)
+    start = train.setup(config)
+    assert start.pipeline.num_classes == 5
+    upstream, meta = variables_io.load_variables(config.model.init_checkpoint)
+    assert meta["classes"] == [0, 1, 2, 3, 4] and meta["image_size"] == 16
+    want = _flat(upstream)
+    got = _flat({"params": start.state.params, "batch_stats": start.state.batch_stats})
+    assert want.keys() == got.keys()
+    for k in want:
+        if "/fc/" in k:  # same shape (5 classes upstream too), but the downstream's own draw
+            assert got[k].shape == want[k].shape and not np.array_equal(got[k], want[k]), k
+        else:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    gen = stylegan2_ada.load(config.generator.checkpoint)
+    assert (gen.num_classes, gen.resolution) == (5, 16)
+    z = jax.random.normal(jax.random.key(0), (1,) + gen.latent_shape)
+    images = np.asarray(gen.sample(gen.params, np.repeat(z, 5, axis=0), np.arange(5)))
+    assert images.shape == (5, 16, 16, 3) and np.all(np.isfinite(images))
+    # one latent, five classes: five different images (the class conditions the generator)
+    assert min(np.abs(images[i] - images[j]).max() for i in range(5) for j in range(i)) > 0.1
