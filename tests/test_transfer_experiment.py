@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from mgr_jax.errors import UserError
-from mgr_jax.experiments import stats, transfer
+from mgr_jax.experiments import cli, stats, transfer
 from mgr_jax.run import config_lib
 from tests.helpers import tiny_config, write_fake_results
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -154,3 +156,22 @@ def test_transfer_arms_train_apart_then_compare(tmp_path):
     with pytest.raises(UserError, match="are not arms"):
         transfer.run(tiny_config(), str(tmp_path), seeds=(0, 1), arms=["gda"],
                      trainer=FileTrainer())
+
+
+def test_transfer_command_line(tmp_path):
+    """The flags reach run(): the finder from its file then --finder, FD seeds, arms, margin;
+    20 seeds by default."""
+    chosen = tmp_path / "chosen_finder.json"
+    chosen.write_text(json.dumps({"mps.finder_lr": 0.01, "mps.normalize_hypergrad": True}))
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        kwargs = cli.parse_command_line(transfer, [
+            "transfer", "--config=configs/default.py", f"--workdir={tmp_path}",
+            f"--finder_file={chosen}", "--finder=mps.finder_lr=0.001", "--fd_seeds=0,2",
+            "--arms=base,pcr", "--margin=0.5"])
+    finally:
+        os.chdir(cwd)
+    assert kwargs["seeds"] == list(range(20)) and kwargs["fd_seeds"] == [0, 2]
+    assert kwargs["finder"] == {"mps.finder_lr": 0.001, "mps.normalize_hypergrad": True}
+    assert kwargs["arms"] == ["base", "pcr"] and kwargs["margin"] == 0.5

@@ -184,11 +184,7 @@ def run(config, workdir, *, seeds=tuple(range(10)), finder=None,
 
 
 def define_flags(fv):
-    flags.DEFINE_string("finder_file", "", "JSON of finder settings (sweep_finder's "
-                        "chosen_finder.json) for the MGR arms.", flag_values=fv)
-    flags.DEFINE_string("finder", "", "Finder settings for the MGR arms, key=value,... "
-                        "(mps.* / finder.* fields), applied after --finder_file.",
-                        flag_values=fv)
+    sweep_finder.define_chosen_flags(fv)
     flags.DEFINE_string("update_every", ",".join(map(str, DEFAULT_UPDATE_EVERY)),
                         "mps.update_every of the MGR arms.", flag_values=fv)
     flags.DEFINE_string("hypergradients", "exact", "mps.hypergradient of the MGR arms (the "
@@ -199,9 +195,8 @@ def define_flags(fv):
 
 def kwargs_from_flags(fv):
     kwargs = cli.common_kwargs(fv)
-    finder = sweep_finder.read_setting_file(fv.finder_file) if fv.finder_file else {}
-    finder.update(sweep_finder.parse_setting(fv.finder))
-    kwargs.update(finder=finder, update_every=cli.parse_list(fv.update_every, int),
+    kwargs.update(finder=sweep_finder.chosen_from_flags(fv),
+                  update_every=cli.parse_list(fv.update_every, int),
                   hypergradients=cli.parse_list(fv.hypergradients),
                   subset_fraction=fv.subset_fraction)
     return kwargs

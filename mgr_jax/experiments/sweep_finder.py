@@ -204,6 +204,22 @@ def run(config, workdir, *, seeds=(0,), method="mgr", settings=None, runs_dir=No
     return {"chosen": chosen, "tables": out_tables, "paths": paths, "jobs": jobs}
 
 
+def define_chosen_flags(fv):
+    """--finder_file and --finder: the finder setting of the MGR arms of another command."""
+    flags.DEFINE_string("finder_file", "", "JSON of finder settings (sweep_finder's "
+                        "chosen_finder.json) for the MGR arms.", flag_values=fv)
+    flags.DEFINE_string("finder", "", "Finder settings for the MGR arms, key=value,... "
+                        "(mps.* / finder.* fields), applied after --finder_file.",
+                        flag_values=fv)
+
+
+def chosen_from_flags(fv):
+    """The setting `define_chosen_flags`' flags give: the file's, then --finder's."""
+    finder = read_setting_file(fv.finder_file) if fv.finder_file else {}
+    finder.update(parse_setting(fv.finder))
+    return finder
+
+
 def define_flags(fv):
     flags.DEFINE_string("method", "mgr", "The MPS method swept (mgr or gda_mps).",
                         flag_values=fv)

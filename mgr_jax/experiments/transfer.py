@@ -194,11 +194,7 @@ def run(config, workdir, *, seeds=tuple(range(20)), fd_seeds=(), finder=None,
 def define_flags(fv):
     flags.DEFINE_string("fd_seeds", "", "Seeds of the finite-difference MGR arm (a subset of "
                         "--seeds; empty: no FD arm).", flag_values=fv)
-    flags.DEFINE_string("finder_file", "", "JSON of finder settings (sweep_finder's "
-                        "chosen_finder.json) for the MGR arms.", flag_values=fv)
-    flags.DEFINE_string("finder", "", "Finder settings for the MGR arms, key=value,... "
-                        "(mps.* / finder.* fields), applied after --finder_file.",
-                        flag_values=fv)
+    sweep_finder.define_chosen_flags(fv)
     flags.DEFINE_string("arms", "", "Train only these arms (base, pcr, mgr, mgr_fd) and "
                         "compare nothing; empty: every arm, then the comparison.",
                         flag_values=fv)
@@ -208,9 +204,8 @@ def define_flags(fv):
 
 def kwargs_from_flags(fv):
     kwargs = cli.common_kwargs(fv)
-    finder = sweep_finder.read_setting_file(fv.finder_file) if fv.finder_file else {}
-    finder.update(sweep_finder.parse_setting(fv.finder))
-    kwargs.update(finder=finder, fd_seeds=cli.parse_list(fv.fd_seeds, int), margin=fv.margin,
+    kwargs.update(finder=sweep_finder.chosen_from_flags(fv),
+                  fd_seeds=cli.parse_list(fv.fd_seeds, int), margin=fv.margin,
                   arms=cli.parse_list(fv.arms))
     return kwargs
 
